@@ -1,0 +1,115 @@
+"""Trainer callbacks that prune at initialization and keep the masks enforced to the end of training."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .criteria import Criterion
+from .masks import MaskEnforcer, MaskSet, Scope, check_sparsity
+from .pruning import prune_at_init
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_MASK_DIR = "pai_masks"
+
+
+class PaICallback(TrainerCallback):
+    """Prune at initialization when training begins, then keep pruned weights exactly zero.
+
+    At ``on_train_begin`` the model is scored with ``criterion`` on batches of the Trainer's training dataloader (or
+    ``dataloader``), pruned to ``sparsity`` and the masks broadcast from rank 0. Before every optimizer step the
+    gradients of pruned weights are zeroed (momentum stays zero), after it the weights are re-zeroed (weight decay
+    cannot move them). The achieved sparsity is added to the logs. Masks are saved into every checkpoint folder and
+    reloaded on ``resume_from_checkpoint``. See AutoSparse (arXiv 2408.14757) for the setting.
+
+    Args:
+        criterion: Registered criterion name or instance.
+        sparsity: Fraction of prunable weights to remove, in [0, 1).
+        num_batches, scope, min_density, include, exclude, criterion_options: As in ``prune_at_init``.
+        dataloader: Data for the criterion; defaults to the Trainer's training dataloader.
+
+    Example:
+        ```python
+        >>> trainer = Trainer(model=model, args=args, train_dataset=ds["train"],
+        ...                   callbacks=[PaICallback(criterion="snip", sparsity=0.9)])
+        >>> trainer.train()
+        ```
+    """
+
+    def __init__(
+        self,
+        criterion: str | Criterion = "snip",
+        sparsity: float = 0.9,
+        *,
+        num_batches: int = 1,
+        scope: Scope = "global",
+        min_density: float = 0.0,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        criterion_options: Mapping[str, Any] | None = None,
+        dataloader: Iterable[Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.criterion = criterion
+        self.sparsity = check_sparsity(sparsity)
+        self.num_batches = num_batches
+        self.scope = scope
+        self.min_density = min_density
+        self.include = include
+        self.exclude = exclude
+        self.criterion_options = dict(criterion_options or {})
+        self.dataloader = dataloader
+        self.masks: MaskSet | None = None
+        self.enforcer: MaskEnforcer | None = None
+
+    def compute_masks(self, model: nn.Module, dataloader: Iterable[Mapping[str, Any]] | None) -> MaskSet:
+        """Score, select and apply the masks (override to prune differently, as ``AutoSCallback`` does)."""
+        return prune_at_init(
+            model,
+            self.criterion,
+            self.sparsity,
+            dataloader,
+            num_batches=self.num_batches,
+            scope=self.scope,
+            min_density=self.min_density,
+            include=self.include,
+            exclude=self.exclude,
+            criterion_options=self.criterion_options,
+        )
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model: nn.Module = kwargs["model"]
+        resumed = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_MASK_DIR
+        if state.global_step > 0 and resumed.is_dir():
+            # Resuming: the masks were chosen at initialization, not on the trained weights now loaded.
+            self.masks = MaskSet.from_pretrained(resumed)
+            self.masks.apply(model)
+        else:
+            self.masks = self.compute_masks(model, self.dataloader or kwargs.get("train_dataloader"))
+        self.enforcer = MaskEnforcer(model, self.masks)
+        logger.info("pruned %s to sparsity %.6f", type(model).__name__, self.masks.sparsity)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
+        if self.enforcer is not None:
+            self.enforcer.mask_gradients()
+
+    def on_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
+        if self.enforcer is not None:
+            self.enforcer.zero_weights()
+
+    def on_log(self, args, state, control, logs: dict[str, float] | None = None, **kwargs) -> None:  # noqa: ANN001
+        if logs is not None and self.masks is not None:
+            logs["sparsity"] = round(self.masks.sparsity, 6)
+
+    def on_save(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
+        if self.masks is not None and state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", CHECKPOINT_MASK_DIR)
+            self.masks.save_pretrained(folder)

@@ -1,0 +1,119 @@
+"""The criterion interface and registry.
+
+A criterion maps a model at initialization to one importance score per prunable weight (higher = keep). It never
+thresholds (selection lives in ``autosparse_hf.masks``) and it leaves the model exactly as it found it: weights,
+buffers, gradients, ``requires_grad``, train/eval modes and RNG states (``compute_scores`` guarantees this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..families import ModelFamily, PrunableParameter, get_family, get_prunable_parameters
+from ..masks import check_scores
+from ..state import preserved_model_state
+
+
+@dataclass
+class ScoringContext:
+    """Everything a criterion may use.
+
+    Attributes:
+        model: The model to score (at initialization, or trained for IRP).
+        params: Its prunable parameters, keyed by name.
+        family: The model's family adapter (how to feed it).
+        dataloader: Iterable of batch dicts, or ``None`` for data-free scoring.
+        num_batches: How many batches data-dependent criteria use.
+        sparsity: The sparsity the scores will be thresholded at (iterative criteria such as SynFlow need it).
+        existing: Masks already in force (pruned weights are zero); criteria that prune iteratively start there.
+    """
+
+    model: nn.Module
+    params: dict[str, PrunableParameter]
+    family: ModelFamily
+    dataloader: Iterable[Mapping[str, Any]] | None = None
+    num_batches: int = 1
+    sparsity: float = 0.0
+    existing: Mapping[str, torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Criterion:
+    """Base class: subclasses set ``name`` and ``needs_data`` and implement :meth:`score`."""
+
+    name: ClassVar[str] = ""
+    needs_data: ClassVar[bool] = False
+
+    def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+_CRITERIA: dict[str, type[Criterion]] = {}
+
+
+def register_criterion(cls: type[Criterion]) -> type[Criterion]:
+    """Class decorator: make a criterion available by its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _CRITERIA[cls.name] = cls
+    return cls
+
+
+def list_criteria() -> list[str]:
+    """Names of all registered criteria, sorted."""
+    return sorted(_CRITERIA)
+
+
+def get_criterion(criterion: str | Criterion, **options: Any) -> Criterion:
+    """A criterion instance from a name (with options) or an instance."""
+    if isinstance(criterion, Criterion):
+        if options:
+            raise ValueError("options are only accepted with a criterion name, not an instance")
+        return criterion
+    if criterion not in _CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; known criteria: {', '.join(list_criteria())}")
+    return _CRITERIA[criterion](**options)
+
+
+def compute_scores(
+    model: nn.Module,
+    criterion: str | Criterion,
+    *,
+    dataloader: Iterable[Mapping[str, Any]] | None = None,
+    num_batches: int = 1,
+    sparsity: float = 0.0,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    existing: Mapping[str, torch.Tensor] | None = None,
+    params: dict[str, PrunableParameter] | None = None,
+    **options: Any,
+) -> dict[str, torch.Tensor]:
+    """Score every prunable weight of ``model`` with ``criterion``; the model is left as it was found.
+
+    Raises:
+        ValueError: unknown criterion (listing the known ones), a data-dependent criterion without data, no
+            prunable parameters, or NaN/infinite scores (naming the parameter).
+    """
+    crit = get_criterion(criterion, **options)
+    if crit.needs_data and dataloader is None:
+        raise ValueError(f"criterion {crit.name!r} needs data: pass a dataloader")
+    params = params if params is not None else get_prunable_parameters(model, include, exclude)
+    context = ScoringContext(
+        model=model,
+        params=params,
+        family=get_family(model),
+        dataloader=dataloader,
+        num_batches=num_batches,
+        sparsity=sparsity,
+        existing=existing,
+    )
+    with preserved_model_state(model):
+        scores = crit.score(context)
+    scores = {name: scores[name].detach().float() for name in params}
+    check_scores(scores)
+    return scores

@@ -1,0 +1,41 @@
+"""GraSP: gradient signal preservation (Wang et al. 2020, arXiv 2002.07376)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..gradients import average_gradients, take_batches
+from .base import Criterion, ScoringContext, register_criterion
+
+
+@register_criterion
+@dataclass
+class GraSPCriterion(Criterion):
+    """GraSP's score ``S = -w * (H g)``, with ``g = dL/dw`` and ``H`` the Hessian of the loss.
+
+    GraSP removes the weights with the *largest* ``S`` (their removal reduces gradient flow least). This criterion
+    returns an importance where higher means keep, so it returns ``-S = w * (H g)``; keeping its top-k is GraSP's
+    rule. ``H g`` is a Hessian-vector product by double backward: ``g`` is averaged over ``num_batches`` batches and
+    held fixed, then ``d(g . dL/dw)/dw`` is accumulated over the same batches. The original's logit temperature is
+    not applied, so the loss is the model's own.
+    """
+
+    name = "grasp"
+    needs_data = True
+
+    def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
+        model, names = context.model, list(context.params)
+        batches = take_batches(context.dataloader, context.num_batches, "grasp")
+        grads = average_gradients(model, names, batches, context.family)
+        weights = [context.params[n].param for n in names]
+        hessian_grad = [torch.zeros_like(w) for w in weights]
+        for batch in batches:
+            loss = context.family.loss(model, batch) / len(batches)
+            first = torch.autograd.grad(loss, weights, create_graph=True)
+            dot = sum((g * grads[n]).sum() for g, n in zip(first, names))
+            second = torch.autograd.grad(dot, weights)
+            for acc, h in zip(hessian_grad, second):
+                acc.add_(h)
+        return {n: (w.detach() * hg) for n, w, hg in zip(names, weights, hessian_grad)}

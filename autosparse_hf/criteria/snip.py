@@ -1,0 +1,30 @@
+"""SNIP: connection sensitivity at initialization (Lee et al. 2019, arXiv 1810.02340)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..gradients import average_gradients, take_batches
+from .base import Criterion, ScoringContext, register_criterion
+
+
+@register_criterion
+@dataclass
+class SNIPCriterion(Criterion):
+    """Score ``s = |w * dL/dw|``, the gradient averaged over ``num_batches`` batches (model in eval mode).
+
+    Example:
+        ```python
+        >>> masks = autosparse_hf.prune_at_init(model, "snip", sparsity=0.9, dataloader=loader, num_batches=4)
+        ```
+    """
+
+    name = "snip"
+    needs_data = True
+
+    def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
+        batches = take_batches(context.dataloader, context.num_batches, "snip")
+        grads = average_gradients(context.model, context.params, batches, context.family)
+        return {name: (p.param.detach() * grads[name]).abs() for name, p in context.params.items()}

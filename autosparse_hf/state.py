@@ -1,0 +1,46 @@
+"""Snapshots of a model's mutable state, so that scoring code can promise to leave the model as it found it."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@contextmanager
+def preserved_model_state(model: nn.Module) -> Iterator[None]:
+    """Restore weights, buffers, gradients, ``requires_grad``, train/eval modes and RNG states on exit.
+
+    Criteria may change any of these while scoring (SynFlow replaces weights by their absolute values, SNIP calls
+    backward, data loaders draw random numbers); a criterion is only a score, so none of that may leak out.
+    """
+    state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in model.named_parameters()}
+    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    py_rng = random.getstate()
+    np_rng = np.random.get_state()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            current = model.state_dict(keep_vars=True)
+            for key, value in state.items():
+                current[key].data.copy_(value)
+        for name, param in model.named_parameters():
+            param.requires_grad_(requires_grad[name])
+            saved = grads[name]
+            param.grad = saved if saved is None else saved.clone()
+        for name, module in model.named_modules():
+            module.training = modes[name]
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        random.setstate(py_rng)
+        np.random.set_state(np_rng)
