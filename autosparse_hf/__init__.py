@@ -7,12 +7,38 @@ arXiv 2408.14757) on transformers, datasets, accelerate, evaluate, torch and tim
 from .callbacks import PaICallback
 from .criteria import Criterion, ScoringContext, compute_scores, get_criterion, list_criteria, register_criterion
 from .families import TimmForImageClassification, get_family, get_prunable_parameters
+from .features import FEATURE_SCHEMA_VERSION, InitialFeatures, LayerContext, compute_initial_features
+from .irp import IRPCallback, IRPConfig, kept_counts
 from .masks import MaskEnforcer, MaskSet, select_masks
 from .pruning import prune_at_init
+from .scores import (
+    build_score_dataset,
+    build_score_dataset_from_run,
+    load_score_dataset,
+    load_score_datasets,
+    push_score_dataset,
+    save_score_dataset,
+)
+from .training import TrainRecipe, train_and_evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FEATURE_SCHEMA_VERSION",
+    "IRPCallback",
+    "IRPConfig",
+    "InitialFeatures",
+    "LayerContext",
+    "TrainRecipe",
+    "build_score_dataset",
+    "build_score_dataset_from_run",
+    "compute_initial_features",
+    "kept_counts",
+    "load_score_dataset",
+    "load_score_datasets",
+    "push_score_dataset",
+    "save_score_dataset",
+    "train_and_evaluate",
     "Criterion",
     "MaskEnforcer",
     "MaskSet",

@@ -11,6 +11,22 @@ import torch
 from torch import nn
 
 
+def snapshot_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every parameter and buffer (``state_dict`` entries, tied tensors copied separately)."""
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+
+
+@torch.no_grad()
+def restore_state(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    """Copy ``snapshot`` back into the model's own tensors, in place (optimizers keep their references)."""
+    current = model.state_dict(keep_vars=True)
+    missing = sorted(set(current) - set(snapshot))
+    if missing:
+        raise ValueError(f"snapshot lacks {missing}")
+    for key, value in snapshot.items():
+        current[key].data.copy_(value)
+
+
 @contextmanager
 def preserved_model_state(model: nn.Module) -> Iterator[None]:
     """Restore weights, buffers, gradients, ``requires_grad``, train/eval modes and RNG states on exit.
@@ -18,7 +34,7 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
     Criteria may change any of these while scoring (SynFlow replaces weights by their absolute values, SNIP calls
     backward, data loaders draw random numbers); a criterion is only a score, so none of that may leak out.
     """
-    state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    state = snapshot_state(model)
     grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in model.named_parameters()}
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     modes = {n: m.training for n, m in model.named_modules()}
@@ -29,10 +45,7 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        with torch.no_grad():
-            current = model.state_dict(keep_vars=True)
-            for key, value in state.items():
-                current[key].data.copy_(value)
+        restore_state(model, state)
         for name, param in model.named_parameters():
             param.requires_grad_(requires_grad[name])
             saved = grads[name]

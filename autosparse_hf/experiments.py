@@ -1,0 +1,184 @@
+"""Grids of pruning-at-initialization runs: criteria x sparsities x seeds, one recipe, resumable.
+
+Every cell builds a fresh model from its seed, prunes it at initialization with ``PaICallback`` and trains it with
+the same :class:`~autosparse_hf.training.TrainRecipe`; the final-epoch test metrics and the per-layer densities are
+appended to ``cells.jsonl`` as soon as a cell finishes, so an interrupted grid resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .callbacks import PaICallback
+from .masks import check_sparsity
+from .training import TrainRecipe, train_and_evaluate
+
+DEFAULT_CRITERIA = ["random", "magnitude", "snip", "grasp", "synflow"]
+
+
+@dataclass
+class PaIGridConfig:
+    """Which models to prune, how, and where to write."""
+
+    model: str = field(default="lenet300100", metadata={"help": "Built-in model name or timm model name."})
+    task: str = field(default="mnist", metadata={"help": "Built-in task (mnist, mnist1d, digits) or Hub dataset."})
+    criteria: list[str] = field(default_factory=lambda: list(DEFAULT_CRITERIA), metadata={"help": "Criteria."})
+    sparsities: list[float] = field(default_factory=lambda: [0.9], metadata={"help": "Sparsities in [0, 1)."})
+    seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": "Model initialization seeds."})
+    scope: str = field(default="global", metadata={"help": "global, uniform or erk."})
+    num_batches: int = field(default=4, metadata={"help": "Batches for data-dependent criteria."})
+    task_seed: int = field(default=0, metadata={"help": "Seed of the train/test split."})
+    include_dense: bool = field(default=True, metadata={"help": "Also train the unpruned model per seed."})
+    output_dir: str = field(default="outputs/prune", metadata={"help": "Where results are written."})
+
+    def __post_init__(self) -> None:
+        for s in self.sparsities:
+            check_sparsity(s, "sparsities")
+        from .criteria import list_criteria
+
+        unknown = [c for c in self.criteria if c not in list_criteria()]
+        if unknown:
+            raise ValueError(f"unknown criteria {unknown}; known criteria: {', '.join(list_criteria())}")
+
+
+def _cell_key(criterion: str, sparsity: float, seed: int) -> str:
+    return f"{criterion}|{sparsity:.6f}|{seed}"
+
+
+def _read_cells(path: Path) -> dict[str, dict[str, Any]]:
+    cells: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by an interruption; that cell is recomputed
+            cells[_cell_key(row["criterion"], row["sparsity"], row["seed"])] = row
+    return cells
+
+
+def run_pai_grid(config: PaIGridConfig, recipe: TrainRecipe | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) the grid and write ``cells.jsonl``, ``results.csv``, ``results.md`` and ``layers.md``."""
+    from .tasks import build_model, load_task, task_info
+
+    recipe = recipe or TrainRecipe()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"config": asdict(config), "recipe": recipe.to_dict()}
+    manifest_file = out / "grid_config.json"
+    if manifest_file.is_file():
+        previous = json.loads(manifest_file.read_text())
+        if previous["recipe"] != manifest["recipe"] or previous["config"]["model"] != config.model or (
+            previous["config"]["task"] != config.task
+        ):
+            raise ValueError(
+                f"{out} holds a grid with another model, task or recipe ({manifest_file}); use another output_dir"
+            )
+    manifest_file.write_text(json.dumps(manifest, indent=2))
+    cells_file = out / "cells.jsonl"
+    done = _read_cells(cells_file)
+    dataset = load_task(config.task, seed=config.task_seed)
+    info = task_info(config.task)
+    plan = [(c, s, seed) for seed in config.seeds for s in config.sparsities for c in config.criteria]
+    if config.include_dense:
+        plan = [("dense", 0.0, seed) for seed in config.seeds] + plan
+    for criterion, sparsity, seed in tqdm(plan, desc="PaI grid"):
+        key = _cell_key(criterion, sparsity, seed)
+        if key in done:
+            continue
+        model = build_model(config.model, info, seed=seed)
+        callbacks = []
+        pai = None
+        if criterion != "dense":
+            pai = PaICallback(criterion, sparsity, num_batches=config.num_batches, scope=config.scope)
+            callbacks.append(pai)
+        metrics = train_and_evaluate(
+            model, dataset, recipe, output_dir=str(out / "trainer"), seed=seed, callbacks=callbacks
+        )
+        row = {
+            "criterion": criterion,
+            "sparsity": sparsity,
+            "seed": seed,
+            "achieved_sparsity": pai.masks.sparsity if pai else 0.0,
+            "accuracy": metrics.get("accuracy", math.nan),
+            "loss": metrics.get("loss", math.nan),
+            "layer_density": pai.masks.layer_density() if pai else {},
+        }
+        with cells_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        done[key] = row
+    rows = [done[_cell_key(c, s, seed)] for c, s, seed in plan]
+    write_tables(rows, out)
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation of accuracy over seeds per (criterion, sparsity)."""
+    groups: dict[tuple[str, float], list[float]] = {}
+    for row in rows:
+        groups.setdefault((row["criterion"], row["sparsity"]), []).append(row["accuracy"])
+    return [
+        {
+            "criterion": c,
+            "sparsity": s,
+            "n": len(v),
+            "accuracy_mean": statistics.fmean(v),
+            "accuracy_std": statistics.stdev(v) if len(v) > 1 else 0.0,
+        }
+        for (c, s), v in groups.items()
+    ]
+
+
+def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
+    """Criteria as rows, sparsities as columns, cells ``mean ± std`` of test accuracy in percent."""
+    sparsities = sorted({r["sparsity"] for r in summary})
+    criteria = list(dict.fromkeys(r["criterion"] for r in summary))
+    cell = {(r["criterion"], r["sparsity"]): r for r in summary}
+    header = "| criterion | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |"
+    lines = [header, "|---|" + "---:|" * len(sparsities)]
+    for c in criteria:
+        parts = []
+        for s in sparsities:
+            r = cell.get((c, s))
+            parts.append(f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}" if r else "")
+        lines.append(f"| {c} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def layer_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Per-layer density (first seed) for every pruned cell, one row per (criterion, sparsity)."""
+    pruned = [r for r in rows if r["layer_density"]]
+    if not pruned:
+        return ""
+    seed = pruned[0]["seed"]
+    names = list(pruned[0]["layer_density"])
+    lines = ["| criterion | sparsity | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    for r in pruned:
+        if r["seed"] != seed:
+            continue
+        dens = " | ".join(f"{r['layer_density'].get(n, math.nan):.4f}" for n in names)
+        lines.append(f"| {r['criterion']} | {100 * r['sparsity']:g}% | {dens} |")
+    return "\n".join(lines)
+
+
+def write_tables(rows: Sequence[dict[str, Any]], out: Path) -> None:
+    import csv
+
+    with (out / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["criterion", "sparsity", "seed", "achieved_sparsity", "accuracy", "loss"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r[k] for k in writer.fieldnames})
+    (out / "results.md").write_text(markdown_table(summarize(rows)) + "\n")
+    (out / "layers.md").write_text(layer_table(rows) + "\n")

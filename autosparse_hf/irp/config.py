@@ -1,0 +1,78 @@
+"""Configuration of iterative rewind pruning (IRP), the data generator of AutoSparse."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEDULES: tuple[str, ...] = ("equal_count", "geometric")
+
+
+@dataclass
+class IRPConfig:
+    """How iterative rewind pruning runs (AutoSparse, arXiv 2408.14757; lottery tickets, arXiv 1803.03635).
+
+    Each cycle trains the masked network for one full schedule, scores the trained weights with ``criterion``,
+    removes the next share of weights and rewinds the whole training state (all parameters and buffers, optimizer
+    state, learning-rate schedule) to ``rewind_step``.
+    """
+
+    cycles: int = field(default=20, metadata={"help": "Pruning cycles E (paper: 20)."})
+    final_sparsity: float = field(default=0.99, metadata={"help": "Sparsity after the last cycle (paper: 0.99)."})
+    schedule: str = field(
+        default="equal_count",
+        metadata={
+            "help": "equal_count: remove (1 - d_final) / E of the original weights per cycle (paper); "
+            "geometric: keep d_final ** (1 / E) of the survivors per cycle."
+        },
+    )
+    criterion: str = field(
+        default="magnitude",
+        metadata={"help": "Criterion scoring the trained weights (magnitude; snip as in the paper's main dataset)."},
+    )
+    criterion_num_batches: int = field(default=1, metadata={"help": "Batches for a data-dependent criterion."})
+    scope: str = field(default="global", metadata={"help": "global (paper), uniform or erk."})
+    min_density: float = field(default=0.0, metadata={"help": "Minimum density per tensor when pruning."})
+    rewind_step: int = field(
+        default=0,
+        metadata={
+            "help": "0 rewinds to initialization; k > 0 rewinds weights and buffers to optimizer step k (late "
+            "rewinding, arXiv 1912.05671) with a fresh optimizer and the schedule resumed at step k, as open_lth does."
+        },
+    )
+    feature_num_batches: int = field(default=4, metadata={"help": "Batches averaged for the initial gradient g0."})
+    train_final_ticket: bool = field(
+        default=True,
+        metadata={"help": "Train and evaluate the final mask too (one more cycle), completing the IRP curve."},
+    )
+    evaluate_cycles: bool = field(
+        default=True, metadata={"help": "Evaluate every trained ticket on the Trainer's eval set before rewinding."}
+    )
+    include: list[str] = field(default_factory=list, metadata={"help": "Extra parameter-name patterns to prune."})
+    exclude: list[str] = field(default_factory=list, metadata={"help": "Parameter-name patterns never pruned."})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cycles, int) or self.cycles < 1:
+            raise ValueError(f"cycles must be an integer >= 1, got {self.cycles!r}")
+        if not 0.0 < float(self.final_sparsity) < 1.0:
+            raise ValueError(f"final_sparsity must be in (0, 1), got {self.final_sparsity!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.rewind_step < 0:
+            raise ValueError(f"rewind_step must be >= 0, got {self.rewind_step}")
+        if self.feature_num_batches < 1 or self.criterion_num_batches < 1:
+            raise ValueError("feature_num_batches and criterion_num_batches must be >= 1")
+        from ..criteria import get_criterion
+        from ..masks import SCOPES
+
+        get_criterion(self.criterion)  # unknown names fail here, listing the known ones
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+
+    @property
+    def training_cycles(self) -> int:
+        """Trainer cycles: one per pruning cycle, plus one for the final ticket when it is trained."""
+        return self.cycles + (1 if self.train_final_ticket else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,112 @@
+"""Build the surviving-score ``datasets.Dataset`` from whole arrays (no Python loop per weight)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset, DatasetInfo
+from safetensors.torch import load_file
+
+from ..features import InitialFeatures, LayerContext
+from .schema import SCORE_FEATURES, SCORE_SCHEMA_VERSION
+
+
+def _repeat_strings(values: list[str], repeats: np.ndarray) -> pa.Array:
+    # pc.take on a small string array is a vectorized gather: fast even for tens of millions of rows.
+    return pc.take(pa.array(values, pa.string()), pa.array(np.repeat(np.arange(len(values)), repeats)))
+
+
+def build_score_dataset(
+    features: InitialFeatures, cycle_pruned: Mapping[str, torch.Tensor], run_info: Mapping[str, Any]
+) -> Dataset:
+    """One row per prunable weight: run identity, position, layer context, ``w0``, ``g0`` and IRP targets.
+
+    Args:
+        features: Initial features of the run (``compute_initial_features``).
+        cycle_pruned: Per tensor, the cycle after which each weight was pruned (``cycles + 1`` = survived).
+        run_info: ``IRPCallback.run_info()``: configuration, identity, schedule and per-cycle history.
+    """
+    cycles = int(run_info["config"]["cycles"])
+    identity = run_info["identity"]
+    layers = features.layers
+    sizes = np.array([layer.numel for layer in layers], dtype=np.int64)
+    n_rows = int(sizes.sum())
+    names = [layer.name for layer in layers]
+    pruned = np.concatenate([cycle_pruned[n].reshape(-1).cpu().numpy().astype(np.int16) for n in names])
+    if pruned.min() < 1 or pruned.max() > cycles + 1:
+        raise ValueError(f"cycle_pruned values must lie in [1, {cycles + 1}]")
+
+    def per_layer(attr: str, dtype: Any) -> pa.Array:
+        return pa.array(np.repeat(np.array([getattr(layer, attr) for layer in layers], dtype=dtype), sizes))
+
+    columns = {
+        "run_id": _repeat_strings([str(identity.get("run_id") or "")], np.array([n_rows])),
+        "model": _repeat_strings([str(identity.get("model") or "")], np.array([n_rows])),
+        "task": _repeat_strings([str(identity.get("task") or "")], np.array([n_rows])),
+        "seed": pa.array(np.full(n_rows, int(identity.get("seed") or 0), dtype=np.int64)),
+        "param_name": _repeat_strings(names, sizes),
+        "index": pa.array(np.concatenate([np.arange(s, dtype=np.int64) for s in sizes])),
+        "layer_kind": _repeat_strings([layer.kind for layer in layers], sizes),
+        "fan_in": per_layer("fan_in", np.int32),
+        "fan_out": per_layer("fan_out", np.int32),
+        "depth": per_layer("depth", np.int32),
+        "relative_depth": per_layer("relative_depth", np.float32),
+        "numel": per_layer("numel", np.int64),
+        "w0": pa.array(np.concatenate([features.weights[n].reshape(-1).float().cpu().numpy() for n in names])),
+        "g0": pa.array(np.concatenate([features.gradients[n].reshape(-1).float().cpu().numpy() for n in names])),
+        "cycles": pa.array(np.full(n_rows, cycles, dtype=np.int16)),
+        "cycle_pruned": pa.array(pruned),
+        "survived": pa.array(pruned == cycles + 1),
+        "surviving_score": pa.array(((pruned - 1) / cycles).astype(np.float32)),
+    }
+    table = pa.table(columns).cast(SCORE_FEATURES.arrow_schema)
+    description = {
+        "autosparse_score_schema": SCORE_SCHEMA_VERSION,
+        "identity": dict(identity),
+        "irp_config": run_info["config"],
+        "densities": run_info.get("densities"),
+        "history": run_info.get("history"),
+    }
+    info = DatasetInfo(
+        description=json.dumps(description),
+        features=SCORE_FEATURES,
+        version=f"{SCORE_SCHEMA_VERSION}.0.0",
+    )
+    return Dataset(table, info=info)
+
+
+def score_schema_version(dataset: Dataset) -> int | None:
+    """The score schema version a dataset was written with (``None`` if it is not a score dataset)."""
+    try:
+        return int(json.loads(dataset.info.description or "{}").get("autosparse_score_schema"))
+    except (ValueError, TypeError):
+        return None
+
+
+def build_score_dataset_from_run(folder: str | Path) -> Dataset:
+    """Rebuild the score dataset of a finished IRP run from its folder (``irp_run.json`` + the record)."""
+    from ..irp.callback import RECORD_FILE, RUN_FILE
+
+    folder = Path(folder)
+    run_file, record_file = folder / RUN_FILE, folder / RECORD_FILE
+    for f in (run_file, record_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{folder} is not a finished IRP run folder: {f.name} is missing")
+    info = json.loads(run_file.read_text())
+    tensors = load_file(str(record_file))
+    layers = [LayerContext(**{**d, "shape": tuple(d["shape"])}) for d in info["layers"]]
+    names = [layer.name for layer in layers]
+    features = InitialFeatures(
+        weights={n: tensors[f"w0/{n}"] for n in names},
+        gradients={n: tensors[f"g0/{n}"] for n in names},
+        layers=layers,
+        num_batches=info["feature_num_batches"],
+    )
+    return build_score_dataset(features, {n: tensors[f"cycle_pruned/{n}"] for n in names}, info)

@@ -1,0 +1,46 @@
+"""The dataset card (README.md with a YAML header) of a surviving-score dataset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from ..irp.report import cycle_table_markdown
+from .schema import SCORE_SCHEMA_VERSION
+
+
+def score_dataset_card(info: dict[str, Any], num_rows: int) -> str:
+    """Card text recording the IRP configuration, model, task, seed and the per-cycle density/accuracy table."""
+    identity = info.get("identity", {})
+    header = {
+        "tags": ["autosparse", "pruning", "lottery-ticket", "pruning-at-initialization"],
+        "size_categories": ["n<1K" if num_rows < 1000 else "1K<n<1M" if num_rows < 10**6 else "1M<n<100M"],
+        "autosparse_score_schema": SCORE_SCHEMA_VERSION,
+    }
+    config_rows = "\n".join(f"| {k} | {v} |" for k, v in info.get("config", {}).items())
+    return f"""---
+{yaml.safe_dump(header, sort_keys=False).strip()}
+---
+
+# Surviving scores: {identity.get('model', '')} on {identity.get('task', '')}
+
+One row per prunable weight of `{identity.get('model', '')}` (seed {identity.get('seed')}, run `{identity.get('run_id')}`):
+the weight's features at initialization (`w0`, `g0` averaged over {info.get('feature_num_batches')} batches, layer
+context) and how long it survived iterative rewind pruning (`cycle_pruned`, `surviving_score`), for training an
+AutoSparse predictor (Liu et al. 2024, [arXiv 2408.14757](https://arxiv.org/abs/2408.14757)). Made with
+`autosparse_hf.IRPCallback`; score schema version {SCORE_SCHEMA_VERSION}; {num_rows} rows.
+
+The surviving score of a weight pruned after cycle `c` of `E` is `(c - 1) / E`; survivors of every cycle score 1.
+The IRP mask after cycle `c` is `cycle_pruned > c`.
+
+## IRP configuration
+
+| setting | value |
+|---|---|
+{config_rows}
+
+## Tickets per cycle (evaluated before each rewind)
+
+{cycle_table_markdown(info.get('history', []))}
+"""

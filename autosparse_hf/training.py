@@ -1,0 +1,89 @@
+"""One fixed training recipe, so that every pruned network is trained identically.
+
+Honest comparison of pruning criteria (AutoSparse, arXiv 2408.14757, section 4 of our METHOD notes) needs one recipe
+for every method; this module turns a :class:`TrainRecipe` into ``TrainingArguments`` and runs the ``Trainer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from datasets import DatasetDict
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+
+@dataclass
+class TrainRecipe:
+    """Hyperparameters of the training recipe shared by every method in a comparison."""
+
+    epochs: float = field(default=5.0, metadata={"help": "Training epochs."})
+    batch_size: int = field(default=64, metadata={"help": "Training batch size per device."})
+    eval_batch_size: int = field(default=512, metadata={"help": "Evaluation batch size per device."})
+    learning_rate: float = field(default=0.05, metadata={"help": "Peak learning rate."})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay (not on biases and norms)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers learning-rate schedule."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of steps for linear warm-up."})
+
+    def training_arguments(self, output_dir: str, seed: int, **overrides: Any) -> TrainingArguments:
+        """``TrainingArguments`` for this recipe (SGD with momentum, no checkpoints, no reporting)."""
+        kwargs: dict[str, Any] = dict(
+            output_dir=output_dir,
+            num_train_epochs=self.epochs,
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=self.eval_batch_size,
+            learning_rate=self.learning_rate,
+            optim="sgd",
+            optim_args=f"momentum={self.momentum}",
+            weight_decay=self.weight_decay,
+            lr_scheduler_type=self.lr_scheduler_type,
+            warmup_steps=self.warmup_ratio,
+            seed=seed,
+            data_seed=seed,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            logging_strategy="epoch",
+            disable_tqdm=True,
+            # Classification losses are already means; averaging tokens across ranks would rescale them under DDP.
+            average_tokens_across_devices=False,
+            dataloader_num_workers=0,
+        )
+        kwargs.update(overrides)
+        return TrainingArguments(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train_and_evaluate(
+    model: nn.Module,
+    dataset: DatasetDict,
+    recipe: TrainRecipe,
+    *,
+    output_dir: str,
+    seed: int,
+    callbacks: Sequence[TrainerCallback] = (),
+    eval_split: str = "test",
+    **argument_overrides: Any,
+) -> dict[str, float]:
+    """Train ``model`` on ``dataset["train"]`` with ``recipe`` and return the final metrics on ``eval_split``.
+
+    The metrics are those of the final epoch (never the best epoch on the test set).
+    """
+    from .tasks import compute_metrics_for_classification
+
+    trainer = Trainer(
+        model=model,
+        args=recipe.training_arguments(output_dir, seed, **argument_overrides),
+        train_dataset=dataset["train"],
+        eval_dataset=dataset[eval_split],
+        compute_metrics=compute_metrics_for_classification,
+        callbacks=list(callbacks),
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    return {k.removeprefix("eval_"): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
