@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from datasets import DatasetDict
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -19,7 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 class TrainRecipe:
     """Hyperparameters of the training recipe shared by every method in a comparison."""
 
-    epochs: float = field(default=5.0, metadata={"help": "Training epochs."})
+    epochs: float = field(default=3.0, metadata={"help": "Training epochs (for IRP: epochs per cycle)."})
     batch_size: int = field(default=64, metadata={"help": "Training batch size per device."})
     eval_batch_size: int = field(default=512, metadata={"help": "Evaluation batch size per device."})
     learning_rate: float = field(default=0.05, metadata={"help": "Peak learning rate."})
@@ -51,6 +52,7 @@ class TrainRecipe:
             # Classification losses are already means; averaging tokens across ranks would rescale them under DDP.
             average_tokens_across_devices=False,
             dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
         )
         kwargs.update(overrides)
         return TrainingArguments(**kwargs)

@@ -221,10 +221,16 @@ class MaskSet(Mapping[str, torch.Tensor]):
         folder = Path(path_or_repo_id)
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
+            from huggingface_hub.errors import HFValidationError
 
-            folder = Path(
-                snapshot_download(str(path_or_repo_id), allow_patterns=[MASK_CONFIG_NAME, MASK_WEIGHTS_NAME], **hub_kwargs)
-            )
+            try:
+                folder = Path(
+                    snapshot_download(
+                        str(path_or_repo_id), allow_patterns=[MASK_CONFIG_NAME, MASK_WEIGHTS_NAME], **hub_kwargs
+                    )
+                )
+            except HFValidationError as err:  # a local path that does not exist is no valid repo id either
+                raise FileNotFoundError(f"no folder {path_or_repo_id} (and it is not a Hub repo id)") from err
         config_file, weights_file = folder / MASK_CONFIG_NAME, folder / MASK_WEIGHTS_NAME
         for f in (config_file, weights_file):
             if not f.is_file():
@@ -233,6 +239,8 @@ class MaskSet(Mapping[str, torch.Tensor]):
             config = json.loads(config_file.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_file} is not valid JSON: {err}") from err
+        if not isinstance(config, dict) or not isinstance(config.get("names"), list):
+            raise ValueError(f"{config_file} is not a MaskSet config: expected an object with a 'names' list")
         if config.get("format_version") != MASK_FORMAT_VERSION:
             raise ValueError(
                 f"{config_file} has format_version {config.get('format_version')!r}, expected {MASK_FORMAT_VERSION}"

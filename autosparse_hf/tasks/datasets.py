@@ -339,7 +339,8 @@ def _hub_offline() -> bool:
     from huggingface_hub import constants
 
     env = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("HF_DATASETS_OFFLINE", "")
-    return bool(constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE or env.upper() in {"1", "ON", "YES", "TRUE"})
+    flags = (getattr(constants, "HF_HUB_OFFLINE", False), getattr(datasets.config, "HF_HUB_OFFLINE", False))
+    return any(flags) or env.upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _load_external(name: str, seed: int, test_size: float, **kwargs: Any) -> datasets.DatasetDict:

@@ -1,0 +1,113 @@
+"""Run IRP on a built-in or Hub task with one call: what ``recipes/irp.py`` and the notebooks use."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..training import TrainRecipe
+from .callback import RUN_DIR, IRPCallback
+from .config import IRPConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IRPRunArguments:
+    """What to prune and where to write. The ``TrainRecipe`` describes one cycle (``epochs`` = epochs per cycle)."""
+
+    model: str = field(
+        default="lenet300100",
+        metadata={"help": "Built-in model (lenet300100, convnet), a timm model name, or a transformers config "
+                  "(a config.json file or a folder holding one)."},
+    )
+    task: str = field(default="mnist", metadata={"help": "Built-in task (mnist, mnist1d, digits) or Hub dataset."})
+    seed: int = field(default=0, metadata={"help": "Seed of the model initialization and of training."})
+    task_seed: int = field(default=0, metadata={"help": "Seed of the train/test split of built-in tasks."})
+    output_dir: str = field(default="outputs/irp", metadata={"help": "Run folder (checkpoints and results)."})
+    checkpoint_every_cycle: bool = field(
+        default=True, metadata={"help": "Save a Trainer checkpoint at every cycle end so a killed run resumes."}
+    )
+    resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir, if any."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub dataset repo to push the scores to."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training examples."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
+
+
+def _build_model(run: IRPRunArguments, info: Any) -> nn.Module:
+    from ..tasks import build_model
+
+    path = Path(run.model)
+    if path.suffix == ".json" or (path.is_dir() and (path / "config.json").is_file()):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(path.parent if path.suffix == ".json" else path))
+        return build_model(config, info, seed=run.seed)
+    return build_model(run.model, info, seed=run.seed)
+
+
+def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRPCallback:
+    """Train with ``IRPCallback`` on ``run.task`` and write the run folder ``{output_dir}/irp``.
+
+    Resumes from the last checkpoint in ``output_dir`` when ``run.resume``. Returns the finished callback.
+    """
+    from ..tasks import compute_metrics_for_classification, load_task, task_info
+
+    if float(recipe.epochs) != int(recipe.epochs) or recipe.epochs < 1:
+        raise ValueError(f"epochs per cycle must be a whole number >= 1, got {recipe.epochs}")
+    dataset = load_task(run.task, seed=run.task_seed)
+    if run.max_train_samples:
+        dataset["train"] = dataset["train"].select(range(min(run.max_train_samples, len(dataset["train"]))))
+    info = task_info(run.task)
+    model = _build_model(run, info)
+    irp = IRPCallback(config, model_name=run.model, task_name=run.task, seed=run.seed)
+    cycle_args: dict[str, Any] = dict(
+        num_train_epochs=config.training_cycles * int(recipe.epochs),
+        logging_strategy="no",
+        disable_tqdm=run.disable_tqdm,
+    )
+    if run.checkpoint_every_cycle:
+        cycle_args.update(save_strategy="epoch", save_total_limit=2)
+        if int(recipe.epochs) > 1:
+            # Save at cycle ends only; the cycle length in steps is known once the Trainer has its dataloader.
+            cycle_args.update(save_strategy="steps", save_steps=_cycle_steps(dataset, recipe))
+    args = recipe.training_arguments(run.output_dir, run.seed, **cycle_args)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset["train"],
+        eval_dataset=dataset["test"],
+        compute_metrics=compute_metrics_for_classification,
+        callbacks=[irp],
+    )
+    checkpoint = get_last_checkpoint(run.output_dir) if run.resume and Path(run.output_dir).is_dir() else None
+    if checkpoint is None and (Path(run.output_dir) / RUN_DIR).is_dir() and irp_run_complete(run.output_dir):
+        raise ValueError(f"{run.output_dir} already holds a finished IRP run; choose another output_dir")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    if run.push_to_hub and trainer.is_world_process_zero():
+        from ..scores import push_score_dataset
+
+        push_score_dataset(irp.to_dataset(), run.push_to_hub)
+    return irp
+
+
+def irp_run_complete(output_dir: str | Path) -> bool:
+    from .callback import RUN_FILE
+
+    return (Path(output_dir) / RUN_DIR / RUN_FILE).is_file()
+
+
+def _cycle_steps(dataset: Any, recipe: TrainRecipe) -> int:
+    import math
+
+    from accelerate import PartialState
+
+    world = PartialState().num_processes
+    per_epoch = math.ceil(len(dataset["train"]) / (recipe.batch_size * world))
+    return per_epoch * int(recipe.epochs)

@@ -1,0 +1,300 @@
+"""Criteria (``autosparse_hf.criteria``): known values on hand-checkable models, and freedom from side effects."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import autosparse_hf
+from autosparse_hf import compute_scores, get_criterion, list_criteria, prune_at_init
+
+BASELINES = ("grasp", "magnitude", "random", "snip", "synflow")
+
+
+class TwoLayerLinear(nn.Module):
+    """``y = W2 W1 x`` without biases; MSE loss against ``labels``."""
+
+    example_input_shape = (2,)
+
+    def __init__(self, w1: torch.Tensor, w2: torch.Tensor) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(w1.shape[1], w1.shape[0], bias=False)
+        self.fc2 = nn.Linear(w2.shape[1], w2.shape[0], bias=False)
+        with torch.no_grad():
+            self.fc1.weight.copy_(w1)
+            self.fc2.weight.copy_(w2)
+
+    def forward(self, pixel_values, labels=None):
+        out = self.fc2(self.fc1(pixel_values))
+        loss = nn.functional.mse_loss(out.squeeze(-1), labels) if labels is not None else None
+        return {"loss": loss, "logits": out}
+
+
+W1 = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.0, 1.0]])
+W2 = torch.tensor([[2.0, -1.0, 0.5]])
+BATCHES = [
+    {"pixel_values": torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.3, -1.0]]), "labels": torch.tensor([1.0, -2.0, 0.5])},
+    {"pixel_values": torch.tensor([[0.2, 0.1], [2.0, -1.5]]), "labels": torch.tensor([0.0, 3.0])},
+]
+
+
+def hand_gradients(w1, w2, batch):
+    """dL/dW1, dL/dW2 of L = mean((W2 W1 x - y)^2), by the chain rule written out (no autograd)."""
+    x, y = batch["pixel_values"], batch["labels"]
+    n = x.shape[0]
+    hidden = x @ w1.T  # (n, 3)
+    residual = (hidden @ w2.T)[:, 0] - y  # (n,)
+    grad_w2 = (2 / n) * (residual @ hidden)[None, :]  # (1, 3)
+    grad_w1 = (2 / n) * w2.T @ (residual @ x)[None, :]  # (3, 2)
+    return grad_w1, grad_w2
+
+
+def test_list_criteria_has_the_five_baselines():
+    assert set(BASELINES) <= set(list_criteria())
+    assert list_criteria() == sorted(list_criteria())
+
+
+def test_unknown_criterion_lists_the_known_ones():
+    model = TwoLayerLinear(W1, W2)
+    with pytest.raises(ValueError, match="nope") as info:
+        compute_scores(model, "nope")
+    for name in list_criteria():
+        assert name in str(info.value)
+
+
+def test_options_with_an_instance_and_bad_synflow_rounds_are_errors():
+    with pytest.raises(ValueError, match="options"):
+        get_criterion(get_criterion("synflow"), rounds=3)
+    with pytest.raises(ValueError, match="rounds"):
+        get_criterion("synflow", rounds=0)
+
+
+@pytest.mark.parametrize("name", ["snip", "grasp"])
+def test_data_dependent_criterion_without_data_is_a_clear_error(name):
+    model = TwoLayerLinear(W1, W2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=f"{name}.*dataloader"):
+        compute_scores(model, name)
+    with pytest.raises(ValueError, match=f"{name}.*dataloader"):
+        prune_at_init(model, name, 0.5)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_magnitude_is_absolute_weight():
+    scores = compute_scores(TwoLayerLinear(W1, W2), "magnitude")
+    assert list(scores) == ["fc1.weight", "fc2.weight"]
+    assert torch.equal(scores["fc1.weight"], W1.abs())
+    assert torch.equal(scores["fc2.weight"], W2.abs())
+
+
+def test_snip_is_abs_weight_times_gradient():
+    model = TwoLayerLinear(W1, W2)
+    # Stale gradients and a frozen weight must not change the scores.
+    model.fc1.weight.grad = torch.full_like(W1, 100.0)
+    model.fc2.weight.requires_grad_(False)
+    g1, g2 = hand_gradients(W1, W2, BATCHES[0])
+    scores = compute_scores(model, "snip", dataloader=BATCHES, num_batches=1)
+    torch.testing.assert_close(scores["fc1.weight"], (W1 * g1).abs())
+    torch.testing.assert_close(scores["fc2.weight"], (W2 * g2).abs())
+    # Two batches: the gradient is the mean of the per-batch gradients.
+    h1, h2 = hand_gradients(W1, W2, BATCHES[1])
+    scores = compute_scores(model, "snip", dataloader=BATCHES, num_batches=2)
+    torch.testing.assert_close(scores["fc1.weight"], (W1 * (g1 + h1) / 2).abs())
+    torch.testing.assert_close(scores["fc2.weight"], (W2 * (g2 + h2) / 2).abs())
+
+
+def mean_loss(theta: torch.Tensor, batches) -> torch.Tensor:
+    w1, w2 = theta[:6].reshape(3, 2), theta[6:].reshape(1, 3)
+    losses = [((b["pixel_values"] @ w1.T @ w2.T)[:, 0] - b["labels"]).pow(2).mean() for b in batches]
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("num_batches", [1, 2])
+def test_grasp_is_weight_times_hessian_gradient_product(num_batches):
+    batches = BATCHES[:num_batches]
+    theta = torch.cat([W1.flatten(), W2.flatten()])
+    hessian = torch.autograd.functional.hessian(lambda t: mean_loss(t, batches), theta)
+    grads = [hand_gradients(W1, W2, b) for b in batches]
+    gradient = torch.cat([sum(g[0] for g in grads).flatten(), sum(g[1] for g in grads).flatten()]) / num_batches
+    expected = theta * (hessian @ gradient)
+    assert expected.abs().max() > 0 and (expected < 0).any() and (expected > 0).any()  # a non-trivial check
+    scores = compute_scores(TwoLayerLinear(W1, W2), "grasp", dataloader=batches, num_batches=num_batches)
+    torch.testing.assert_close(scores["fc1.weight"], expected[:6].reshape(3, 2))
+    torch.testing.assert_close(scores["fc2.weight"], expected[6:].reshape(1, 3))
+
+
+def synflow_by_hand(a1: torch.Tensor, a2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """|w * dR/dw| for R = 1^T a2 a1 1 with non-negative a1, a2 (absolute, masked weights)."""
+    s1 = a1 * a2.sum(0)[:, None]  # dR/da1[i, j] = sum_k a2[k, i]
+    s2 = a2 * a1.sum(1)[None, :]  # dR/da2[k, i] = sum_j a1[i, j]
+    return s1, s2
+
+
+def test_synflow_single_round_scores():
+    s1, s2 = synflow_by_hand(W1.abs(), W2.abs())
+    peak = torch.cat([s1.flatten(), s2.flatten()]).max()
+    # Nothing pruned (sparsity 0): every weight survives and scores rounds + s / max(s) = 1 + s / max(s).
+    scores = compute_scores(TwoLayerLinear(W1, W2), "synflow", rounds=1)
+    torch.testing.assert_close(scores["fc1.weight"], 1 + s1 / peak)
+    torch.testing.assert_close(scores["fc2.weight"], 1 + s2 / peak)
+    # At sparsity 0.5 the removed weights score 0.5 * s / max(s), below every survivor; the order is the order of s.
+    scores = compute_scores(TwoLayerLinear(W1, W2), "synflow", rounds=1, sparsity=0.5)
+    flat_s = torch.cat([s1.flatten(), s2.flatten()])
+    flat = torch.cat([scores["fc1.weight"].flatten(), scores["fc2.weight"].flatten()])
+    kept = flat >= 1
+    assert int(kept.sum()) == round(0.5 * 9)
+    torch.testing.assert_close(flat[kept], 1 + flat_s[kept] / peak)
+    torch.testing.assert_close(flat[~kept], 0.5 * flat_s[~kept] / peak)
+    assert flat_s[kept].min() > flat_s[~kept].max()
+
+
+def iterative_synflow_mask(w1, w2, sparsity, rounds):
+    """Iterative SynFlow with the exponential schedule, closed-form scores, stable ties in parameter order."""
+    a1, a2 = w1.abs().double(), w2.abs().double()
+    m1, m2 = torch.ones_like(a1, dtype=torch.bool), torch.ones_like(a2, dtype=torch.bool)
+    total = a1.numel() + a2.numel()
+    for k in range(1, rounds + 1):
+        s1, s2 = synflow_by_hand(a1 * m1, a2 * m2)
+        alive = torch.cat([m1.flatten(), m2.flatten()])
+        density = min((1 - sparsity) ** (k / rounds), int(alive.sum()) / total)
+        keep = round(density * total)
+        key = torch.where(alive, -torch.cat([s1.flatten(), s2.flatten()]), torch.tensor(float("inf"), dtype=torch.float64))
+        chosen = torch.sort(key, stable=True).indices[:keep]
+        new = torch.zeros(total, dtype=torch.bool)
+        new[chosen] = True
+        m1, m2 = new[: a1.numel()].reshape(a1.shape), new[a1.numel() :].reshape(a2.shape)
+    return m1, m2
+
+
+@pytest.mark.parametrize("sparsity", [0.8, 0.95])
+def test_synflow_hundred_rounds_top_k_equals_the_iterative_mask(sparsity):
+    generator = torch.Generator().manual_seed(0)
+    w1, w2 = torch.randn(12, 10, generator=generator), torch.randn(5, 12, generator=generator)
+    expected1, expected2 = iterative_synflow_mask(w1, w2, sparsity, 100)
+    model = TwoLayerLinear(w1, w2)
+    model.example_input_shape = (10,)
+    masks = prune_at_init(model, "synflow", sparsity, criterion_options={"rounds": 100})
+    assert masks.num_kept == round((1 - sparsity) * 180)
+    assert torch.equal(masks["fc1.weight"], expected1)
+    assert torch.equal(masks["fc2.weight"], expected2)
+    # The iterative mask differs from one-shot SynFlow here (otherwise the test would not tell them apart).
+    one_shot = prune_at_init(TwoLayerLinear(w1, w2), "synflow", sparsity, dataloader=[{"pixel_values": torch.ones(1, 10)}],
+                             criterion_options={"rounds": 1})
+    assert not (torch.equal(one_shot["fc1.weight"], expected1) and torch.equal(one_shot["fc2.weight"], expected2))
+
+
+def test_random_scores_range_and_seeds():
+    model = TwoLayerLinear(torch.randn(40, 2), torch.randn(1, 40))
+    seeded = compute_scores(model, "random", seed=1)
+    assert all(((s >= 0) & (s < 1)).all() for s in seeded.values())
+    assert torch.equal(compute_scores(model, "random", seed=1)["fc1.weight"], seeded["fc1.weight"])
+    assert not torch.equal(compute_scores(model, "random", seed=2)["fc1.weight"], seeded["fc1.weight"])
+    torch.manual_seed(0)
+    a = compute_scores(model, "random")
+    torch.manual_seed(1)
+    b = compute_scores(model, "random")
+    torch.manual_seed(0)
+    c = compute_scores(model, "random")
+    assert not torch.equal(a["fc1.weight"], b["fc1.weight"])
+    assert torch.equal(a["fc1.weight"], c["fc1.weight"]) and torch.equal(a["fc2.weight"], c["fc2.weight"])
+
+
+class ConvBNNet(nn.Module):
+    """Conv + BatchNorm + Dropout + Linear, with a cross-entropy loss; for the side-effect checks."""
+
+    example_input_shape = (1, 6, 6)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.bn = nn.BatchNorm2d(3)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(3 * 4 * 4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, pixel_values, labels=None):
+        h = self.drop(torch.relu(self.bn(self.conv(pixel_values)))).flatten(1)
+        logits = self.head(torch.relu(self.fc(h)))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits}
+
+
+def mixed_state_model() -> ConvBNNet:
+    torch.manual_seed(0)
+    model = ConvBNNet()
+    with torch.no_grad():
+        model.bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        model.bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.5]))
+        model.bn.num_batches_tracked.fill_(7)
+    model.train()
+    model.drop.eval()  # mixed modes: the BN trains (running stats would move), the dropout does not
+    model.conv.weight.grad = torch.randn_like(model.conv.weight)
+    model.head.bias.grad = torch.randn_like(model.head.bias)
+    model.fc.weight.requires_grad_(False)  # a frozen prunable weight
+    model.conv.bias.requires_grad_(False)
+    return model
+
+
+def make_loader() -> DataLoader:
+    generator = torch.Generator().manual_seed(1)
+    examples = [
+        {"pixel_values": torch.randn(1, 6, 6, generator=generator), "labels": torch.tensor(i % 3)} for i in range(8)
+    ]
+    return DataLoader(examples, batch_size=4, shuffle=True)  # shuffling draws from torch's global RNG
+
+
+@pytest.mark.parametrize("name", list_criteria())
+def test_scoring_has_no_side_effects(name):
+    model = mixed_state_model()
+    loader = make_loader()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    modes = {n: m.training for n, m in model.named_modules()}
+
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    options = {"rounds": 3} if name == "synflow" else {}
+    scores = compute_scores(model, name, dataloader=loader, num_batches=2, sparsity=0.5, **options)
+    after = (torch.rand(4), random.random(), np.random.rand())
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    assert torch.equal(after[0], torch.rand(4)) and after[1] == random.random() and after[2] == np.random.rand()
+
+    new_state = model.state_dict()
+    assert set(new_state) == set(state)
+    for key, value in state.items():
+        assert torch.equal(new_state[key], value), key
+    for n, p in model.named_parameters():
+        assert p.requires_grad == flags[n], n
+        if grads[n] is None:
+            assert p.grad is None, n
+        else:
+            assert torch.equal(p.grad, grads[n]), n
+    assert {n: m.training for n, m in model.named_modules()} == modes
+
+    assert list(scores) == ["conv.weight", "fc.weight", "head.weight"]
+    params = dict(model.named_parameters())
+    for n, s in scores.items():
+        assert s.shape == params[n].shape and s.dtype == torch.float32 and torch.isfinite(s).all()
+    if name != "random":
+        assert scores["fc.weight"].abs().sum() > 0  # the frozen weight was scored, not skipped
+    # The scores are not views of the weights: changing the model afterwards does not change them.
+    snapshot = {n: s.clone() for n, s in scores.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(scores[n], snapshot[n]) for n in scores)
+
+
+def test_public_api_exports_the_criteria_helpers():
+    for attr in ("compute_scores", "get_criterion", "list_criteria", "register_criterion", "Criterion"):
+        assert hasattr(autosparse_hf, attr)
