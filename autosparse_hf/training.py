@@ -13,14 +13,14 @@ from typing import Any
 import torch
 from datasets import DatasetDict
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 
 @dataclass
 class TrainRecipe:
     """Hyperparameters of the training recipe shared by every method in a comparison."""
 
-    epochs: float = field(default=3.0, metadata={"help": "Training epochs (for IRP: epochs per cycle)."})
+    epochs: float = field(default=10.0, metadata={"help": "Training epochs (for IRP: epochs per cycle)."})
     batch_size: int = field(default=64, metadata={"help": "Training batch size per device."})
     eval_batch_size: int = field(default=512, metadata={"help": "Evaluation batch size per device."})
     learning_rate: float = field(default=0.05, metadata={"help": "Peak learning rate."})
@@ -86,6 +86,7 @@ def train_and_evaluate(
         compute_metrics=compute_metrics_for_classification,
         callbacks=list(callbacks),
     )
+    trainer.remove_callback(PrinterCallback)  # grids print their own tables; per-epoch log lines are noise there
     trainer.train()
     metrics = trainer.evaluate()
     return {k.removeprefix("eval_"): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

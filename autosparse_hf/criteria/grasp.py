@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..gradients import average_gradients, take_batches
 from .base import Criterion, ScoringContext, register_criterion
@@ -32,10 +33,13 @@ class GraSPCriterion(Criterion):
         weights = [context.params[n].param for n in names]
         hessian_grad = [torch.zeros_like(w) for w in weights]
         for batch in batches:
-            loss = context.family.loss(model, batch) / len(batches)
-            first = torch.autograd.grad(loss, weights, create_graph=True)
-            dot = sum((g * grads[n]).sum() for g, n in zip(first, names))
-            second = torch.autograd.grad(dot, weights)
+            # The fused attention kernels (flash, memory-efficient, CPU flash) have no double backward; the math
+            # kernel is plain differentiable ops, so attention models (BERT, GPT-2, ViT) get a Hessian too.
+            with sdpa_kernel(SDPBackend.MATH):
+                loss = context.family.loss(model, batch) / len(batches)
+                first = torch.autograd.grad(loss, weights, create_graph=True)
+                dot = sum((g * grads[n]).sum() for g, n in zip(first, names))
+                second = torch.autograd.grad(dot, weights)
             for acc, h in zip(hessian_grad, second):
                 acc.add_(h)
         return {n: (w.detach() * hg) for n, w, hg in zip(names, weights, hessian_grad)}

@@ -97,11 +97,10 @@ def get_prunable_parameters(
     """
     include = list(include or [])
     exclude = list(exclude or [])
-    owner: dict[int, tuple[str, nn.Module]] = {}
-    for module_name, module in model.named_modules():
-        for param_name, param in module.named_parameters(recurse=False):
-            full = f"{module_name}.{param_name}" if module_name else param_name
-            owner.setdefault(id(param), (full, module))
+    # Every name of every parameter: a tied tensor (GPT-2's wte / lm_head) matches a pattern under any of its names.
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
     result: dict[str, PrunableParameter] = {}
     for name, param in model.named_parameters():  # removes duplicates (tied weights) itself
         module_name = name.rsplit(".", 1)[0] if "." in name else ""
@@ -109,7 +108,10 @@ def get_prunable_parameters(
         is_default = name.endswith("weight") and name.rsplit(".", 1)[-1] == "weight" and (
             isinstance(module, PRUNABLE_MODULE_TYPES) or type(module).__name__ in PRUNABLE_MODULE_CLASS_NAMES
         )
-        chosen = (is_default or _matches_any(name, include)) and not _matches_any(name, exclude)
+        names = aliases[id(param)]
+        chosen = (is_default or any(_matches_any(n, include) for n in names)) and not any(
+            _matches_any(n, exclude) for n in names
+        )
         if not chosen:
             continue
         fan_in, fan_out = _fans(module, param)
