@@ -4,12 +4,13 @@ AutoSparse (Liu et al. 2024, "Learning effective pruning at initialization from 
 arXiv 2408.14757) on transformers, datasets, accelerate, evaluate, torch and timm.
 """
 
-from .callbacks import PaICallback
+from .callbacks import AutoSCallback, PaICallback
 from .criteria import Criterion, ScoringContext, compute_scores, get_criterion, list_criteria, register_criterion
 from .families import TimmForImageClassification, get_family, get_prunable_parameters
 from .features import FEATURE_SCHEMA_VERSION, InitialFeatures, LayerContext, compute_initial_features
 from .irp import IRPCallback, IRPConfig, kept_counts
 from .masks import MaskEnforcer, MaskSet, select_masks
+from .predictor import AutoSConfig, AutoSModel, load_predictor
 from .pruning import prune_at_init
 from .scores import (
     build_score_dataset,
@@ -24,6 +25,10 @@ from .training import TrainRecipe, train_and_evaluate
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoSCallback",
+    "AutoSConfig",
+    "AutoSModel",
+    "load_predictor",
     "FEATURE_SCHEMA_VERSION",
     "IRPCallback",
     "IRPConfig",

@@ -107,9 +107,40 @@ class PaICallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs: dict[str, float] | None = None, **kwargs) -> None:  # noqa: ANN001
         if logs is not None and self.masks is not None:
-            logs["sparsity"] = round(self.masks.sparsity, 6)
+            value = round(self.masks.sparsity, 6)
+            # Trainer.log appends a copy of ``logs`` to ``state.log_history`` before ``on_log``; the copy needs it too.
+            entry = state.log_history[-1] if state.log_history else {}
+            if entry.get("step") == state.global_step and set(logs) <= set(entry):
+                entry["sparsity"] = value
+            logs["sparsity"] = value
 
     def on_save(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
         if self.masks is not None and state.is_world_process_zero:
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", CHECKPOINT_MASK_DIR)
             self.masks.save_pretrained(folder)
+
+
+class AutoSCallback(PaICallback):
+    """Prune with a trained AutoS predictor when training begins; keep the mask enforced to the end.
+
+    At ``on_train_begin`` the features of every prunable weight are computed at initialization (``w0``, ``g0`` over
+    the predictor's number of batches, layer context), the predictor scores them in bounded-memory chunks, the
+    global top-k is kept and, under DDP, rank 0's mask is broadcast. AutoSparse: Liu et al. 2024, arXiv 2408.14757.
+
+    Args:
+        predictor: An ``AutoSModel``, a folder saved with ``save_pretrained``, or a Hub id.
+        sparsity: Fraction of prunable weights to remove, in [0, 1).
+        **kwargs: ``scope``, ``min_density``, ``include``, ``exclude``, ``dataloader`` as in ``PaICallback``.
+
+    Example:
+        ```python
+        >>> trainer = Trainer(model=model, args=args, train_dataset=ds["train"],
+        ...                   callbacks=[AutoSCallback(predictor="outputs/autos", sparsity=0.95)])
+        >>> trainer.train()
+        ```
+    """
+
+    def __init__(self, predictor: Any, sparsity: float = 0.9, **kwargs: Any) -> None:
+        from .criteria.autos import AutoSCriterion
+
+        super().__init__(criterion=AutoSCriterion(predictor=predictor), sparsity=sparsity, **kwargs)

@@ -120,3 +120,111 @@ def compute_initial_features(
     grads = _broadcast({name: g.contiguous() for name, g in grads.items()})
     weights = _broadcast({name: w.contiguous() for name, w in weights.items()})
     return InitialFeatures(weights=weights, gradients=grads, layers=layer_contexts(params), num_batches=len(batches))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Feature sets: per-weight feature vectors for the AutoS predictor.
+#
+# Raw w0 and g0 depend on the layer's initialization scale and on the dataset, so the default set normalizes within
+# each layer and adds layer context: that is what lets a predictor trained on one network score another. The same
+# function computes the vectors for score-dataset rows (training) and for a model being pruned.
+
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "paper": ("w0", "g0"),
+    "weight": ("w0",),
+    "gradient": ("g0",),
+    "default": (
+        "w0_over_std",
+        "abs_w0_over_std",
+        "g0_over_mean_abs",
+        "abs_g0_over_mean_abs",
+        "abs_w0g0_over_mean",
+        "rank_abs_w0",
+        "rank_abs_w0g0",
+        "log_fan_in",
+        "log_fan_out",
+        "relative_depth",
+        "is_conv",
+        "log_numel",
+    ),
+}
+
+
+def feature_names(feature_set: str) -> tuple[str, ...]:
+    """Column names of a feature set; unknown sets raise ``ValueError`` listing the known ones."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {feature_set!r}; known: {sorted(FEATURE_SETS)}")
+    return FEATURE_SETS[feature_set]
+
+
+def _rank01(values: torch.Tensor) -> torch.Tensor:
+    """Rank of each value within the tensor, scaled to [0, 1] (0 = smallest); ties by position."""
+    n = values.numel()
+    order = torch.sort(values, stable=True).indices
+    rank = torch.empty(n, dtype=torch.float32)
+    rank[order] = torch.arange(n, dtype=torch.float32) / max(n - 1, 1)
+    return rank
+
+
+def layer_feature_matrix(
+    w0: torch.Tensor, g0: torch.Tensor, layer: LayerContext, feature_set: str = "default"
+) -> torch.Tensor:
+    """Feature vectors ``(n, F)`` of the ``n`` weights of one tensor.
+
+    Args:
+        w0: Initial weights of the tensor (any shape; flattened).
+        g0: Initial gradients, same shape.
+        layer: The tensor's layer context.
+        feature_set: A key of ``FEATURE_SETS``.
+    """
+    names = feature_names(feature_set)
+    w = w0.reshape(-1).float().cpu()
+    g = g0.reshape(-1).float().cpu()
+    n = w.numel()
+    tiny = 1e-12
+    cache: dict[str, torch.Tensor] = {}
+
+    def column(name: str) -> torch.Tensor:
+        if name in cache:
+            return cache[name]
+        if name == "w0":
+            value = w
+        elif name == "g0":
+            value = g
+        elif name == "w0_over_std":
+            value = w / (w.std(unbiased=False) + tiny)
+        elif name == "abs_w0_over_std":
+            value = w.abs() / (w.std(unbiased=False) + tiny)
+        elif name == "g0_over_mean_abs":
+            value = g / (g.abs().mean() + tiny)
+        elif name == "abs_g0_over_mean_abs":
+            value = g.abs() / (g.abs().mean() + tiny)
+        elif name == "abs_w0g0_over_mean":
+            s = (w * g).abs()
+            value = s / (s.mean() + tiny)
+        elif name == "rank_abs_w0":
+            value = _rank01(w.abs())
+        elif name == "rank_abs_w0g0":
+            value = _rank01((w * g).abs())
+        elif name == "log_fan_in":
+            value = torch.full((n,), float(torch.log(torch.tensor(float(layer.fan_in)))))
+        elif name == "log_fan_out":
+            value = torch.full((n,), float(torch.log(torch.tensor(float(layer.fan_out)))))
+        elif name == "relative_depth":
+            value = torch.full((n,), float(layer.relative_depth))
+        elif name == "is_conv":
+            value = torch.full((n,), 1.0 if layer.kind == "conv" else 0.0)
+        elif name == "log_numel":
+            value = torch.full((n,), float(torch.log(torch.tensor(float(layer.numel)))))
+        else:  # pragma: no cover - guarded by feature_names
+            raise ValueError(name)
+        cache[name] = value
+        return value
+
+    return torch.stack([column(name) for name in names], dim=1)
+
+
+def iter_feature_matrices(features: InitialFeatures, feature_set: str = "default"):  # noqa: ANN201
+    """Yield ``(layer, matrix)`` for every prunable tensor of ``features``, one tensor at a time (bounded memory)."""
+    for layer in features.layers:
+        yield layer, layer_feature_matrix(features.weights[layer.name], features.gradients[layer.name], layer, feature_set)

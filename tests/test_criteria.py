@@ -164,7 +164,9 @@ def iterative_synflow_mask(w1, w2, sparsity, rounds):
         alive = torch.cat([m1.flatten(), m2.flatten()])
         density = min((1 - sparsity) ** (k / rounds), int(alive.sum()) / total)
         keep = round(density * total)
-        key = torch.where(alive, -torch.cat([s1.flatten(), s2.flatten()]), torch.tensor(float("inf"), dtype=torch.float64))
+        key = torch.where(
+            alive, -torch.cat([s1.flatten(), s2.flatten()]), torch.tensor(float("inf"), dtype=torch.float64)
+        )
         chosen = torch.sort(key, stable=True).indices[:keep]
         new = torch.zeros(total, dtype=torch.bool)
         new[chosen] = True
@@ -184,8 +186,13 @@ def test_synflow_hundred_rounds_top_k_equals_the_iterative_mask(sparsity):
     assert torch.equal(masks["fc1.weight"], expected1)
     assert torch.equal(masks["fc2.weight"], expected2)
     # The iterative mask differs from one-shot SynFlow here (otherwise the test would not tell them apart).
-    one_shot = prune_at_init(TwoLayerLinear(w1, w2), "synflow", sparsity, dataloader=[{"pixel_values": torch.ones(1, 10)}],
-                             criterion_options={"rounds": 1})
+    one_shot = prune_at_init(
+        TwoLayerLinear(w1, w2),
+        "synflow",
+        sparsity,
+        dataloader=[{"pixel_values": torch.ones(1, 10)}],
+        criterion_options={"rounds": 1},
+    )
     assert not (torch.equal(one_shot["fc1.weight"], expected1) and torch.equal(one_shot["fc2.weight"], expected2))
 
 

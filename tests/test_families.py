@@ -55,20 +55,43 @@ def build_timm() -> nn.Module:
 
 
 def build_bert() -> nn.Module:
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=32, num_labels=NUM_CLASSES)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=32,
+        num_labels=NUM_CLASSES,
+    )
     return BertForSequenceClassification(config)
 
 
 def build_gpt2() -> GPT2LMHeadModel:
-    config = GPT2Config(vocab_size=60, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0,
-                        eos_token_id=0, tie_word_embeddings=True)
+    config = GPT2Config(
+        vocab_size=60,
+        n_positions=16,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=True,
+    )
     return GPT2LMHeadModel(config)
 
 
 def build_vit() -> nn.Module:
-    config = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=37, num_labels=NUM_CLASSES)
+    config = ViTConfig(
+        image_size=28,
+        patch_size=7,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        num_labels=NUM_CLASSES,
+    )
     return ViTForImageClassification(config)
 
 
@@ -196,7 +219,11 @@ def test_example_inputs_and_synflow_inputs_run(kind):
     ones = family.synflow_inputs(model)
     if kind in ("bert", "gpt2"):
         assert list(ones) == ["inputs_embeds"]
-        assert ones["inputs_embeds"].shape == (1, inputs["input_ids"].shape[1], model.get_input_embeddings().embedding_dim)
+        assert ones["inputs_embeds"].shape == (
+            1,
+            inputs["input_ids"].shape[1],
+            model.get_input_embeddings().embedding_dim,
+        )
     else:
         assert list(ones) == ["pixel_values"]
         assert ones["pixel_values"].shape == (1, *inputs["pixel_values"].shape[1:])

@@ -169,8 +169,13 @@ def test_missing_folder_is_a_file_not_found_error(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "values", [torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0, 2, 1]), torch.tensor([-1.0, 0.0, 1.0]),
-               torch.tensor([float("nan"), 0.0, 1.0])]
+    "values",
+    [
+        torch.tensor([0.0, 0.5, 1.0]),
+        torch.tensor([0, 2, 1]),
+        torch.tensor([-1.0, 0.0, 1.0]),
+        torch.tensor([float("nan"), 0.0, 1.0]),
+    ],
 )
 def test_non_binary_mask_values_are_rejected(values):
     with pytest.raises(ValueError, match="bad.weight"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -209,8 +210,13 @@ def test_uniform_keeps_each_tensors_best_weights():
 
 
 def test_erk_densities_follow_sum_over_prod_of_shape():
-    shapes = {"tiny.weight": (2, 2), "small.weight": (4, 4), "mid.weight": (8, 16), "conv.weight": (16, 8, 3, 3),
-              "big.weight": (32, 64)}
+    shapes = {
+        "tiny.weight": (2, 2),
+        "small.weight": (4, 4),
+        "mid.weight": (8, 16),
+        "conv.weight": (16, 8, 3, 3),
+        "big.weight": (32, 64),
+    }
     scores = random_scores(7, shapes)
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     ratio = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
@@ -229,7 +235,7 @@ def test_erk_densities_follow_sum_over_prod_of_shape():
                 assert abs(densities[a] / ratio[a] - densities[b] / ratio[b]) <= slack + 1e-12
         # Denser for larger sum/prod.
         order = sorted(shapes, key=lambda n: ratio[n])
-        assert all(densities[x] <= densities[y] for x, y in zip(order, order[1:]))
+        assert all(densities[x] <= densities[y] for x, y in pairwise(order))
     assert saw_cap  # the (2, 2) tensor is capped at density 1 at the lower sparsities
 
 

@@ -38,8 +38,8 @@ class GraSPCriterion(Criterion):
             with sdpa_kernel(SDPBackend.MATH):
                 loss = context.family.loss(model, batch) / len(batches)
                 first = torch.autograd.grad(loss, weights, create_graph=True)
-                dot = sum((g * grads[n]).sum() for g, n in zip(first, names))
+                dot = sum((g * grads[n]).sum() for g, n in zip(first, names, strict=True))
                 second = torch.autograd.grad(dot, weights)
-            for acc, h in zip(hessian_grad, second):
+            for acc, h in zip(hessian_grad, second, strict=True):
                 acc.add_(h)
-        return {n: (w.detach() * hg) for n, w, hg in zip(names, weights, hessian_grad)}
+        return {n: (w.detach() * hg) for n, w, hg in zip(names, weights, hessian_grad, strict=True)}

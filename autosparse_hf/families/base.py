@@ -84,7 +84,8 @@ def get_prunable_parameters(
     Default: the ``weight`` of every linear and convolution layer (GPT-2's ``Conv1D`` included), first and last
     layer included; biases, normalization parameters and embeddings are excluded. ``include`` adds parameters whose
     name matches one of the shell-style patterns (e.g. ``"*.wte.weight"``); ``exclude`` removes matching ones and
-    wins over both. Parameters shared between modules (GPT-2's tied input embedding and LM head) appear once, under
+    wins over both. A tied parameter matches a pattern under any of its names (``"lm_head.weight"`` selects GPT-2's
+    tied embedding). Parameters shared between modules (GPT-2's tied input embedding and LM head) appear once, under
     the name ``named_parameters()`` reports first, so they share one mask and count once.
 
     Args:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def kept_counts(total: int, cycles: int, final_sparsity: float, schedule: str) -> list[int]:
-    """Weights kept after each cycle, ``[N, k_1, ..., k_E]``, with ``k_E = round((1 - final_sparsity) * N)``.
+    """Weights kept after each cycle, ``[N, k_1, ..., k_E]``, with ``k_E = max(1, round((1 - final_sparsity) * N))``
+    (a ticket keeps at least one weight).
 
     - ``equal_count``: every cycle removes the same number of the original weights, ``(N - k_E) / E`` (rounded so
       the cumulative count is exact): ``k_c = N - round(c * (N - k_E) / E)``, density ``1 - c (1 - d_E) / E``.
@@ -14,7 +15,7 @@ def kept_counts(total: int, cycles: int, final_sparsity: float, schedule: str) -
     """
     if total < 1:
         raise ValueError(f"total must be >= 1, got {total}")
-    final = int(round((1.0 - final_sparsity) * total))
+    final = max(1, int(round((1.0 - final_sparsity) * total)))
     counts = [total]
     for c in range(1, cycles + 1):
         if schedule == "equal_count":
@@ -24,6 +25,6 @@ def kept_counts(total: int, cycles: int, final_sparsity: float, schedule: str) -
         else:
             raise ValueError(f"unknown schedule {schedule!r}; choose equal_count or geometric")
     counts[-1] = final
-    for i in range(1, len(counts)):  # rounding must never make a later count larger
-        counts[i] = min(counts[i], counts[i - 1])
+    for i in range(1, len(counts)):  # rounding must never make a later count larger, nor one below the final count
+        counts[i] = min(max(counts[i], final), counts[i - 1])
     return counts

@@ -1,0 +1,73 @@
+"""``AutoSConfig``: the configuration of an AutoS predictor (transformers ``PretrainedConfig``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from ..features import FEATURE_SCHEMA_VERSION, feature_names
+
+ARCHITECTURES: tuple[str, ...] = ("mlp", "paper_fc", "paper_resnet18")
+LOSSES: tuple[str, ...] = ("mse", "ranking")
+
+
+class AutoSConfig(PretrainedConfig):
+    r"""Configuration of the AutoS predictor of AutoSparse (Liu et al. 2024, arXiv 2408.14757).
+
+    AutoS maps per-weight features at initialization to the weight's IRP surviving score; pruning keeps the weights
+    with the highest predictions. Everything a saved predictor needs at prune time lives here, so
+    ``AutoSCallback(predictor=folder)`` needs nothing else: the feature set and its schema version, the feature
+    normalization statistics, and how many batches the initial gradient averages over.
+
+    Args:
+        architecture: ``"mlp"`` (default; a per-weight MLP over the feature vector, scores millions of weights per
+            second on a CPU), ``"paper_fc"`` (the paper's FC predictor, 2-16-64-1024-1024-64-1 with batch norm) or
+            ``"paper_resnet18"`` (the paper's default: an MLP lifts the features to 3x32x32 for a ResNet-18 with one
+            output; about 1.1 GFLOP per weight, kept for fidelity, far slower).
+        feature_set: A key of ``autosparse_hf.features.FEATURE_SETS`` (``"default"``, ``"paper"``, ``"weight"``,
+            ``"gradient"``).
+        feature_schema_version: Version of the feature code the predictor was trained with.
+        hidden_sizes: Hidden widths of the ``mlp`` architecture.
+        feature_mean / feature_std: Per-feature standardization fitted on the training rows.
+        loss: ``"mse"`` on the surviving score (paper) or ``"ranking"`` (pairwise logistic loss within a layer).
+        feature_num_batches: Batches the initial gradient ``g0`` averages over at prune time.
+        training_sources: Run ids of the score datasets it was trained on.
+    """
+
+    model_type = "autos"
+
+    def __init__(
+        self,
+        architecture: str = "mlp",
+        feature_set: str = "default",
+        feature_schema_version: int = FEATURE_SCHEMA_VERSION,
+        hidden_sizes: Sequence[int] = (64, 64),
+        feature_mean: Sequence[float] | None = None,
+        feature_std: Sequence[float] | None = None,
+        loss: str = "mse",
+        feature_num_batches: int = 4,
+        training_sources: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> None:
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        names = feature_names(feature_set)
+        if architecture.startswith("paper") and feature_set not in ("paper", "weight", "gradient", "default"):
+            raise ValueError(f"feature set {feature_set!r} is not usable with {architecture}")
+        self.architecture = architecture
+        self.feature_set = feature_set
+        self.feature_schema_version = int(feature_schema_version)
+        self.hidden_sizes = [int(h) for h in hidden_sizes]
+        self.num_features = len(names)
+        self.feature_mean = list(feature_mean) if feature_mean is not None else [0.0] * len(names)
+        self.feature_std = list(feature_std) if feature_std is not None else [1.0] * len(names)
+        if len(self.feature_mean) != len(names) or len(self.feature_std) != len(names):
+            raise ValueError(f"feature_mean/feature_std need {len(names)} values for feature set {feature_set!r}")
+        self.loss = loss
+        self.feature_num_batches = int(feature_num_batches)
+        self.training_sources = list(training_sources)
+        super().__init__(**kwargs)

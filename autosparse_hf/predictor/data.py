@@ -1,0 +1,167 @@
+"""Feature matrices and honest train/evaluation splits from surviving-score datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset
+
+from ..features import LayerContext, layer_feature_matrix
+from ..scores.schema import SCORE_FEATURES
+
+NEEDED_COLUMNS = tuple(SCORE_FEATURES)
+
+
+@dataclass
+class ScoreTable:
+    """Rows of one or more score datasets as arrays, with one feature matrix computed layer by layer.
+
+    Attributes:
+        features: ``(N, F)`` raw feature vectors (``layer_feature_matrix``, identical to prune time).
+        surviving_score, cycle_pruned, cycles: Targets per row.
+        run_ids, param_names: Per-row identity (numpy string arrays via codes).
+        group: Integer id of the (run, tensor) a row belongs to.
+        w0, g0: Raw features, for the magnitude and SNIP baselines on the same weights.
+    """
+
+    features: torch.Tensor
+    surviving_score: np.ndarray
+    cycle_pruned: np.ndarray
+    cycles: np.ndarray
+    run_id: np.ndarray
+    param_name: np.ndarray
+    group: np.ndarray
+    w0: np.ndarray
+    g0: np.ndarray
+    densities: dict[str, list[float]]
+
+    def survivors_at(self, density: float) -> np.ndarray:
+        """Rows that survive IRP at the cycle whose global density (in their run) is nearest ``density``."""
+        result = np.zeros(len(self.cycle_pruned), dtype=bool)
+        for rid, dens in self.densities.items():
+            rows = self.run_id == rid
+            cycle = int(np.argmin([abs(d - density) for d in dens]))
+            result[rows] = self.cycle_pruned[rows] > cycle
+        return result
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def subset(self, rows: np.ndarray) -> ScoreTable:
+        return ScoreTable(
+            features=self.features[torch.from_numpy(rows)],
+            surviving_score=self.surviving_score[rows],
+            cycle_pruned=self.cycle_pruned[rows],
+            cycles=self.cycles[rows],
+            run_id=self.run_id[rows],
+            param_name=self.param_name[rows],
+            group=self.group[rows],
+            w0=self.w0[rows],
+            g0=self.g0[rows],
+            densities=self.densities,
+        )
+
+
+def _column(table, name: str) -> np.ndarray:  # noqa: ANN001
+    return table.column(name).to_numpy()
+
+
+def score_table(dataset: Dataset, feature_set: str) -> ScoreTable:
+    """Compute the feature matrix of every row of a score dataset, one (run, tensor) group at a time."""
+    missing = [c for c in NEEDED_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"score dataset lacks columns {missing}")
+    if dataset._indices is not None:
+        dataset = dataset.flatten_indices()
+    table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
+    run_id = pc.cast(table.column("run_id"), "string").to_numpy(zero_copy_only=False).astype(str)
+    param_name = pc.cast(table.column("param_name"), "string").to_numpy(zero_copy_only=False).astype(str)
+    keys = np.char.add(np.char.add(run_id, "\x00"), param_name)
+    _, first, group = np.unique(keys, return_index=True, return_inverse=True)
+    index = _column(table, "index")
+    w0 = _column(table, "w0").astype(np.float32)
+    g0 = _column(table, "g0").astype(np.float32)
+    kinds = pc.cast(table.column("layer_kind"), "string").to_numpy(zero_copy_only=False).astype(str)
+    ctx = {c: _column(table, c) for c in ("fan_in", "fan_out", "depth", "relative_depth", "numel")}
+    from ..features import feature_names
+
+    matrix = torch.empty(len(w0), len(feature_names(feature_set)), dtype=torch.float32)
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(len(first) + 1))
+    for g in range(len(first)):
+        rows = order[bounds[g] : bounds[g + 1]]
+        rows = rows[np.argsort(index[rows], kind="stable")]  # position order, as in the tensor
+        r = rows[0]
+        layer = LayerContext(
+            name=param_name[r],
+            kind=kinds[r],
+            fan_in=int(ctx["fan_in"][r]),
+            fan_out=int(ctx["fan_out"][r]),
+            depth=int(ctx["depth"][r]),
+            relative_depth=float(ctx["relative_depth"][r]),
+            numel=int(ctx["numel"][r]),
+            shape=(int(ctx["numel"][r]),),
+        )
+        matrix[torch.from_numpy(rows)] = layer_feature_matrix(
+            torch.from_numpy(w0[rows]), torch.from_numpy(g0[rows]), layer, feature_set
+        )
+    cycle_pruned = _column(table, "cycle_pruned").astype(np.int32)
+    cycles = _column(table, "cycles").astype(np.int32)
+    densities: dict[str, list[float]] = {}
+    for rid in dict.fromkeys(run_id.tolist()):
+        rows = run_id == rid
+        # Global density of the run after each cycle, from the data itself (exact, no metadata needed).
+        densities[rid] = [float((cycle_pruned[rows] > c).mean()) for c in range(int(cycles[rows][0]) + 1)]
+    return ScoreTable(
+        features=matrix,
+        surviving_score=_column(table, "surviving_score").astype(np.float32),
+        cycle_pruned=cycle_pruned,
+        cycles=cycles,
+        run_id=run_id,
+        param_name=param_name,
+        group=group.astype(np.int64),
+        w0=w0,
+        g0=g0,
+        densities=densities,
+    )
+
+
+def split_rows(
+    table: ScoreTable,
+    eval_split: str = "auto",
+    eval_runs: Sequence[str] = (),
+    eval_layers: Sequence[str] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and evaluation row indices that never share a weight.
+
+    ``runs`` holds out whole IRP runs (``eval_runs``, default the last run); ``layers`` holds out whole tensors
+    (``eval_layers``, default the middle prunable tensor of every run); ``auto`` is ``runs`` when there are several
+    runs, else ``layers``. Rows of the same (run, tensor) never land on both sides.
+    """
+    runs = list(dict.fromkeys(table.run_id.tolist()))
+    if eval_split == "auto":
+        eval_split = "runs" if len(runs) > 1 else "layers"
+    if eval_split == "runs":
+        held = list(eval_runs) or [runs[-1]]
+        unknown = [r for r in held if r not in runs]
+        if unknown:
+            raise ValueError(f"eval_runs {unknown} are not among the runs {runs}")
+        if set(held) >= set(runs):
+            raise ValueError("holding out every run leaves nothing to train on")
+        is_eval = np.isin(table.run_id, held)
+    elif eval_split == "layers":
+        names = list(dict.fromkeys(table.param_name.tolist()))
+        held = list(eval_layers) or [names[len(names) // 2]]
+        unknown = [n for n in held if n not in names]
+        if unknown:
+            raise ValueError(f"eval_layers {unknown} are not among the tensors {names}")
+        if set(held) >= set(names):
+            raise ValueError("holding out every tensor leaves nothing to train on")
+        is_eval = np.isin(table.param_name, held)
+    else:
+        raise ValueError(f"eval_split must be auto, runs or layers, got {eval_split!r}")
+    return np.nonzero(~is_eval)[0], np.nonzero(is_eval)[0]

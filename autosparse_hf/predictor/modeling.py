@@ -1,0 +1,128 @@
+"""``AutoSModel``: the AutoS predictor as a transformers ``PreTrainedModel``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration import AutoSConfig
+from .losses import pairwise_ranking_loss
+
+
+@dataclass
+class AutoSOutput(ModelOutput):
+    """Predicted scores (higher = keep) and, with labels, the loss."""
+
+    loss: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
+def _paper_fc(num_features: int) -> nn.Sequential:
+    sizes = [num_features, 16, 64, 1024, 1024, 64]
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-1], 1))
+    return nn.Sequential(*layers)
+
+
+class _PaperResNet18(nn.Module):
+    """The paper's default predictor: features lifted to a 3x32x32 tensor, then a ResNet-18 with one output."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        from torchvision.models import resnet18
+
+        self.lift = nn.Sequential(nn.Linear(num_features, 256), nn.ReLU(), nn.Linear(256, 3 * 32 * 32))
+        self.backbone = resnet18(num_classes=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.lift(x).view(-1, 3, 32, 32))
+
+
+class AutoSModel(PreTrainedModel):
+    r"""AutoS: predicts a weight's IRP surviving score from its features at initialization.
+
+    AutoSparse (Liu et al. 2024, arXiv 2408.14757): train once on the surviving scores of one IRP run, then prune
+    new networks before training by keeping the weights with the highest predictions. Inputs are raw feature vectors
+    (``autosparse_hf.features.layer_feature_matrix``); the standardization fitted at training time is part of the
+    config and applied here.
+
+    Example:
+        ```python
+        >>> predictor = AutoSModel.from_pretrained("outputs/autos")
+        >>> masks = autosparse_hf.prune_at_init(model, "autos", 0.95, loader,
+        ...                                     criterion_options={"predictor": predictor})
+        ```
+    """
+
+    config_class = AutoSConfig
+    base_model_prefix = "autos"
+    main_input_name = "features"
+
+    def __init__(self, config: AutoSConfig) -> None:
+        super().__init__(config)
+        f = config.num_features
+        if config.architecture == "mlp":
+            self.net = _mlp([f, *config.hidden_sizes, 1])
+        elif config.architecture == "paper_fc":
+            self.net = _paper_fc(f)
+        else:
+            self.net = _PaperResNet18(f)
+        self.register_buffer("feature_mean", torch.tensor(config.feature_mean, dtype=torch.float32))
+        self.register_buffer("feature_std", torch.tensor(config.feature_std, dtype=torch.float32))
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Keep torch's default initializations; they suit these small networks.
+        return
+
+    def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store the standardization of the training features, in the buffers and in the config (so it saves)."""
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
+        self.config.feature_mean = [float(v) for v in mean]
+        self.config.feature_std = [float(v) for v in std]
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        group: torch.Tensor | None = None,
+        **kwargs,  # noqa: ANN003 - the Trainer may pass extra keys
+    ) -> AutoSOutput:
+        x = (features.float() - self.feature_mean) / self.feature_std
+        scores = self.net(x).squeeze(-1)
+        loss = None
+        if labels is not None:
+            if self.config.loss == "mse":
+                loss = nn.functional.mse_loss(scores, labels.float())
+            else:
+                loss = pairwise_ranking_loss(scores, labels.float(), group)
+        return AutoSOutput(loss=loss, scores=scores)
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
+        """Scores for a feature matrix ``(n, F)``, in chunks (bounded memory), in eval mode; returns a CPU tensor."""
+        was_training = self.training
+        self.eval()
+        device = self.feature_mean.device
+        out = torch.empty(features.shape[0], dtype=torch.float32)
+        for start in range(0, features.shape[0], batch_size):
+            chunk = features[start : start + batch_size].to(device)
+            out[start : start + chunk.shape[0]] = self(chunk).scores.float().cpu()
+        self.train(was_training)
+        return out

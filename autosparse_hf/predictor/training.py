@@ -1,0 +1,189 @@
+"""Train an AutoS predictor on surviving-score datasets with the Hugging Face ``Trainer``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainingArguments
+
+from ..scores import load_score_datasets
+from .configuration import AutoSConfig
+from .data import ScoreTable, score_table, split_rows
+from .metrics import DEFAULT_DENSITIES, ranking_metrics
+from .modeling import AutoSModel
+
+
+@dataclass
+class AutoSTrainingArguments:
+    """What to train on and how (the paper: MSE on the surviving score, Adam, about 10 epochs over all weights)."""
+
+    score_datasets: list[str] = field(
+        default_factory=lambda: ["outputs/irp/irp"],
+        metadata={"help": "Score datasets: save_to_disk folders, IRP run folders, .parquet files or Hub ids."},
+    )
+    output_dir: str = field(default="outputs/autos", metadata={"help": "Where the predictor and metrics go."})
+    architecture: str = field(default="mlp", metadata={"help": "mlp, paper_fc or paper_resnet18."})
+    feature_set: str = field(default="default", metadata={"help": "default, paper, weight or gradient."})
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "Hidden widths (mlp)."})
+    loss: str = field(default="mse", metadata={"help": "mse (paper) or ranking (pairwise, within a tensor)."})
+    epochs: float = field(default=10.0, metadata={"help": "Epochs over the training rows."})
+    batch_size: int = field(default=4096, metadata={"help": "Rows per optimizer step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
+    eval_split: str = field(default="auto", metadata={"help": "auto, runs or layers (whole held-out units)."})
+    eval_runs: list[str] = field(default_factory=list, metadata={"help": "Run ids to hold out (eval_split=runs)."})
+    eval_layers: list[str] = field(default_factory=list, metadata={"help": "Tensors to hold out (layers)."})
+    max_train_rows: int | None = field(default=None, metadata={"help": "Subsample training rows (paper_resnet18)."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialization, sampling and shuffling."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
+
+
+class ChunkDataset(torch.utils.data.Dataset):
+    """Rows served as ready-made batches: one item is ``batch_size`` rows (a fixed random partition).
+
+    Collating row by row would dominate the cost for millions of rows; the Trainer shuffles the chunks each epoch.
+    """
+
+    def __init__(self, table: ScoreTable, batch_size: int, shuffle: bool, seed: int) -> None:
+        n = len(table)
+        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        self.features = table.features
+        self.labels = torch.from_numpy(table.surviving_score)
+        self.group = torch.from_numpy(table.group)
+        self.chunks = [torch.from_numpy(order[i : i + batch_size]) for i in range(0, n, batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rows = self.chunks[i]
+        return {"features": self.features[rows], "labels": self.labels[rows], "group": self.group[rows]}
+
+
+def _single_chunk(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return items[0]
+
+
+def baseline_scores(table: ScoreTable) -> dict[str, np.ndarray]:
+    """Magnitude (|w0|) and SNIP (|w0 g0|, g0 averaged over the same batches) on the same rows."""
+    return {"magnitude": np.abs(table.w0), "snip": np.abs(table.w0 * table.g0)}
+
+
+def evaluate_predictor(model: AutoSModel, table: ScoreTable) -> dict[str, float]:
+    """Held-out metrics of ``model`` next to the magnitude and SNIP baselines."""
+    predictions = model.predict(table.features).numpy()
+    survivors = {d: table.survivors_at(d) for d in DEFAULT_DENSITIES}
+    return ranking_metrics(predictions, table.surviving_score, survivors, baseline_scores(table))
+
+
+def train_autos(args: AutoSTrainingArguments) -> tuple[AutoSModel, dict[str, Any]]:
+    """Load the score datasets, split by whole runs or tensors, train, evaluate, save; returns model and report.
+
+    Writes ``output_dir``: the predictor (``config.json`` + ``model.safetensors``), ``metrics.json`` (held-out
+    Spearman and top-k overlaps for AutoS, magnitude and SNIP, plus the split) and ``loss_curve.png``.
+    """
+    torch.manual_seed(args.seed)
+    dataset = load_score_datasets(args.score_datasets)
+    table = score_table(dataset, args.feature_set)
+    train_rows, eval_rows = split_rows(table, args.eval_split, args.eval_runs, args.eval_layers)
+    if args.max_train_rows and len(train_rows) > args.max_train_rows:
+        rng = np.random.default_rng(args.seed)
+        train_rows = np.sort(rng.choice(train_rows, args.max_train_rows, replace=False))
+    train, held = table.subset(train_rows), table.subset(eval_rows)
+    feature_num_batches = _feature_num_batches(dataset)
+    config = AutoSConfig(
+        architecture=args.architecture,
+        feature_set=args.feature_set,
+        hidden_sizes=args.hidden_sizes,
+        loss=args.loss,
+        feature_num_batches=feature_num_batches,
+        training_sources=sorted(set(train.run_id.tolist())),
+    )
+    model = AutoSModel(config)
+    model.set_feature_statistics(train.features.mean(0), train.features.std(0))
+    training_args = TrainingArguments(
+        output_dir=args.output_dir,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=1,
+        per_device_eval_batch_size=1,
+        learning_rate=args.learning_rate,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        logging_steps=max(1, len(train) // args.batch_size // 4),
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        seed=args.seed,
+        remove_unused_columns=False,
+        disable_tqdm=args.disable_tqdm,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        average_tokens_across_devices=False,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=ChunkDataset(train, args.batch_size, shuffle=True, seed=args.seed),
+        data_collator=_single_chunk,
+    )
+    trainer.train()
+    model = trainer.model
+    report: dict[str, Any] = {
+        "eval_split": args.eval_split,
+        "train_rows": int(len(train)),
+        "eval_rows": int(len(held)),
+        "eval_runs": sorted(set(held.run_id.tolist())),
+        "eval_tensors": sorted(set(held.param_name.tolist())),
+        "metrics": evaluate_predictor(model, held),
+        "arguments": asdict(args),
+        "loss_history": [
+            {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e
+        ],
+    }
+    if trainer.is_world_process_zero():
+        out = Path(args.output_dir)
+        model.save_pretrained(out)
+        (out / "metrics.json").write_text(json.dumps(report, indent=2))
+        _plot_loss(report["loss_history"], out / "loss_curve.png")
+    return model, report
+
+
+def _feature_num_batches(dataset: Any) -> int:
+    try:
+        info = json.loads(dataset.info.description or "{}")
+        return int(info["irp_config"]["feature_num_batches"])
+    except (ValueError, KeyError, TypeError):
+        return 4
+
+
+def _plot_loss(history: list[dict[str, float]], path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("AutoS training")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def metrics_markdown(metrics: dict[str, float]) -> str:
+    """A table: rows AutoS / magnitude / SNIP, columns Spearman and the overlaps."""
+    names = ["autos", "magnitude", "snip"]
+    cols = [k.split("_", 1)[1] for k in metrics if k.startswith("autos_")]
+    lines = ["| scores | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(f"{metrics.get(f'{n}_{c}', float('nan')):.4f}" for c in cols) + " |")
+    return "\n".join(lines)
