@@ -32,7 +32,8 @@ class PaICallback(TrainerCallback):
     Args:
         criterion: Registered criterion name or instance.
         sparsity: Fraction of prunable weights to remove, in [0, 1).
-        num_batches, scope, min_density, include, exclude, criterion_options: As in ``prune_at_init``.
+        num_batches, scope, min_density, include, exclude, criterion_options, ticket_source, budgets: As in
+            ``prune_at_init`` (``budgets="irp"`` with ``ticket_source`` reuses an IRP run's layer densities).
         dataloader: Data for the criterion; defaults to the Trainer's training dataloader.
 
     Example:
@@ -55,6 +56,8 @@ class PaICallback(TrainerCallback):
         exclude: list[str] | None = None,
         criterion_options: Mapping[str, Any] | None = None,
         dataloader: Iterable[Mapping[str, Any]] | None = None,
+        ticket_source: Any = None,
+        budgets: Scope | None = None,
     ) -> None:
         self.criterion = criterion
         self.sparsity = check_sparsity(sparsity)
@@ -65,6 +68,8 @@ class PaICallback(TrainerCallback):
         self.exclude = exclude
         self.criterion_options = dict(criterion_options or {})
         self.dataloader = dataloader
+        self.ticket_source = ticket_source
+        self.budgets = budgets
         self.masks: MaskSet | None = None
         self.enforcer: MaskEnforcer | None = None
 
@@ -81,6 +86,8 @@ class PaICallback(TrainerCallback):
             include=self.include,
             exclude=self.exclude,
             criterion_options=self.criterion_options,
+            ticket_source=self.ticket_source,
+            budgets=self.budgets,
         )
 
     def on_train_begin(

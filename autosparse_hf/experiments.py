@@ -31,13 +31,20 @@ class PaIGridConfig:
 
     model: str = field(default="lenet300100", metadata={"help": "Built-in model name or timm model name."})
     task: str = field(default="mnist", metadata={"help": "Built-in task (mnist, mnist1d, digits) or Hub dataset."})
-    criteria: list[str] = field(default_factory=lambda: list(DEFAULT_CRITERIA), metadata={"help": "Criteria."})
+    criteria: list[str] = field(
+        default_factory=lambda: list(DEFAULT_CRITERIA),
+        metadata={"help": "Methods: a criterion name, optionally with @ and a layer-budget scope (random@erk, snip@irp)."},
+    )
     sparsities: list[float] = field(default_factory=lambda: [0.9], metadata={"help": "Sparsities in [0, 1)."})
     seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": "Model initialization seeds."})
     scope: str = field(default="global", metadata={"help": "global, uniform or erk."})
     num_batches: int = field(default=4, metadata={"help": "Batches for data-dependent criteria."})
     task_seed: int = field(default=0, metadata={"help": "Seed of the train/test split."})
     include_dense: bool = field(default=True, metadata={"help": "Also train the unpruned model per seed."})
+    predictor: str | None = field(default=None, metadata={"help": "AutoS predictor folder or Hub id (for autos)."})
+    ticket_source: str | None = field(
+        default=None, metadata={"help": "IRP run folder or score dataset (for ticket and @irp budgets)."}
+    )
     output_dir: str = field(default="outputs/prune", metadata={"help": "Where results are written."})
 
     def __post_init__(self) -> None:
@@ -45,9 +52,25 @@ class PaIGridConfig:
             check_sparsity(s, "sparsities")
         from .criteria import list_criteria
 
-        unknown = [c for c in self.criteria if c not in list_criteria()]
+        from .masks import SCOPES
+
+        methods = [parse_method(c, self.scope) for c in self.criteria]
+        unknown = [c for c, _ in methods if c not in list_criteria()]
         if unknown:
             raise ValueError(f"unknown criteria {unknown}; known criteria: {', '.join(list_criteria())}")
+        bad_scopes = [s for _, s in methods if s not in SCOPES]
+        if bad_scopes:
+            raise ValueError(f"unknown layer-budget scopes {bad_scopes}; known: {SCOPES}")
+        if any(c == "autos" for c, _ in methods) and not self.predictor:
+            raise ValueError("criterion 'autos' needs --predictor (a folder written by recipes/train_autos.py)")
+        if any(c == "ticket" or s == "irp" for c, s in methods) and not self.ticket_source:
+            raise ValueError("'ticket' and '@irp' need --ticket_source (an IRP run folder or score dataset)")
+
+
+def parse_method(label: str, default_scope: str = "global") -> tuple[str, str]:
+    """``"snip@irp"`` -> ``("snip", "irp")``; ``"snip"`` -> ``("snip", default_scope)``."""
+    criterion, _, scope = label.partition("@")
+    return criterion, scope or default_scope
 
 
 def _cell_key(criterion: str, sparsity: float, seed: int) -> str:
@@ -91,21 +114,31 @@ def run_pai_grid(config: PaIGridConfig, recipe: TrainRecipe | None = None) -> li
     plan = [(c, s, seed) for seed in config.seeds for s in config.sparsities for c in config.criteria]
     if config.include_dense:
         plan = [("dense", 0.0, seed) for seed in config.seeds] + plan
-    for criterion, sparsity, seed in tqdm(plan, desc="PaI grid"):
-        key = _cell_key(criterion, sparsity, seed)
+    autos = None
+    for label, sparsity, seed in tqdm(plan, desc="PaI grid"):
+        key = _cell_key(label, sparsity, seed)
         if key in done:
             continue
         model = build_model(config.model, info, seed=seed)
         callbacks = []
         pai = None
-        if criterion != "dense":
-            pai = PaICallback(criterion, sparsity, num_batches=config.num_batches, scope=config.scope)
+        criterion, scope = parse_method(label, config.scope)
+        if criterion == "autos":
+            from .criteria.autos import AutoSCriterion
+
+            autos = autos or AutoSCriterion(predictor=config.predictor)  # loaded once for the whole grid
+            pai = PaICallback(autos, sparsity, scope=scope, ticket_source=config.ticket_source)
+        elif criterion != "dense":
+            pai = PaICallback(
+                criterion, sparsity, num_batches=config.num_batches, scope=scope, ticket_source=config.ticket_source
+            )
+        if pai is not None:
             callbacks.append(pai)
         metrics = train_and_evaluate(
             model, dataset, recipe, output_dir=str(out / "trainer"), seed=seed, callbacks=callbacks
         )
         row = {
-            "criterion": criterion,
+            "criterion": label,
             "sparsity": sparsity,
             "seed": seed,
             "achieved_sparsity": pai.masks.sparsity if pai else 0.0,

@@ -10,6 +10,19 @@ from torch import nn
 from .criteria import Criterion, compute_scores, get_criterion
 from .families import get_prunable_parameters
 from .masks import MaskSet, Scope, broadcast_masks, check_sparsity, select_masks
+from .tickets import load_ticket_source, ticket_metadata
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with anything JSON cannot hold replaced by its name (a predictor by its path, say)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    name = getattr(value, "name_or_path", None) or getattr(value, "origin", None)
+    return str(name) if name else type(value).__name__
 
 
 def prune_at_init(
@@ -24,6 +37,8 @@ def prune_at_init(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     criterion_options: Mapping[str, Any] | None = None,
+    ticket_source: Any = None,
+    budgets: Scope | None = None,
 ) -> MaskSet:
     """Prune ``model`` at initialization with ``criterion`` to ``sparsity``; apply the masks and return them.
 
@@ -38,7 +53,12 @@ def prune_at_init(
         sparsity: Fraction of prunable weights to remove, in [0, 1).
         dataloader: Batches (dicts) for data-dependent criteria (``snip``, ``grasp``); optional otherwise.
         num_batches: Batches used by data-dependent criteria.
-        scope: ``"global"`` (one threshold, the paper's), ``"uniform"`` or ``"erk"`` per-layer budgets.
+        scope: Layer budgets: ``"global"`` (one threshold, the paper's), ``"uniform"``, ``"erk"``, or ``"irp"`` (the
+            per-layer densities of the IRP ticket of ``ticket_source`` at this sparsity, ranked inside each layer by
+            ``criterion``).
+        budgets: Another name for ``scope``.
+        ticket_source: IRP run folder or score dataset for ``scope="irp"`` (and the default source of the
+            ``ticket`` criterion).
         min_density: Minimum fraction kept in every tensor (guards against layer collapse).
         include / exclude: Shell-style parameter-name patterns added to / removed from the prunable set.
         criterion_options: Keyword options of the criterion (e.g. ``{"rounds": 100}`` for SynFlow).
@@ -54,8 +74,26 @@ def prune_at_init(
         ```
     """
     sparsity = check_sparsity(sparsity)
-    crit = get_criterion(criterion, **dict(criterion_options or {}))
+    if budgets is not None:
+        if scope not in ("global", budgets):
+            raise ValueError(f"scope={scope!r} and budgets={budgets!r} disagree; give one of them")
+        scope = budgets
+    options = dict(criterion_options or {})
+    if criterion == "ticket" and ticket_source is not None:
+        options.setdefault("source", ticket_source)
+    crit = get_criterion(criterion, **options)
     params = get_prunable_parameters(model, include, exclude)
+    layer_counts = None
+    extra: dict[str, Any] = {}
+    if scope == "irp":
+        if ticket_source is None:
+            raise ValueError('scope="irp" needs ticket_source (an IRP run folder or score dataset)')
+        source = load_ticket_source(ticket_source)
+        source.check_compatible(params, type(model).__name__)
+        layer_counts = source.layer_counts(1.0 - sparsity)
+        extra = ticket_metadata(source)
+    if crit.name == "ticket":
+        extra = ticket_metadata(crit.ticket_source)  # type: ignore[attr-defined]
     scores = compute_scores(
         model, crit, dataloader=dataloader, num_batches=num_batches, sparsity=sparsity, params=params
     )
@@ -64,9 +102,11 @@ def prune_at_init(
         sparsity,
         scope=scope,
         min_density=min_density,
+        layer_counts=layer_counts,
         metadata={
+            **extra,
             "criterion": crit.name,
-            "criterion_options": dict(criterion_options or {}),
+            "criterion_options": json_safe(dict(criterion_options or {})),
             "num_batches": num_batches,
             "include": list(include or []),
             "exclude": list(exclude or []),

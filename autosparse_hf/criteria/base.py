@@ -114,6 +114,8 @@ def compute_scores(
     )
     with preserved_model_state(model):
         scores = crit.score(context)
-    scores = {name: scores[name].detach().float() for name in params}
+    # float64 stays float64: iterative criteria (SynFlow, ticket) encode an order finer than float32 resolves.
+    scores = {n: scores[n].detach() for n in params}
+    scores = {n: s if s.dtype == torch.float64 else s.float() for n, s in scores.items()}
     check_scores(scores)
     return scores

@@ -11,6 +11,9 @@ scope.
 - ``erk``: Erdos-Renyi-Kernel budgets (Evci et al. 2020, "Rigging the lottery", arXiv 1911.11134): density of a
   tensor proportional to ``sum(shape) / prod(shape)``, capped at 1; key ``(r + 0.5) / sum(shape)``.
 
+- ``irp``: explicit per-tensor counts (``layer_counts``), e.g. the per-layer densities of an IRP ticket
+  (``autosparse_hf.tickets``); key = rank inside the tensor for the ``count`` best weights, +inf for the rest.
+
 ``min_density`` keeps at least ``ceil(min_density * n)`` weights of every tensor (against layer collapse) and an
 ``existing`` mask is never revived: its pruned weights get key +inf and ``k`` may not exceed its kept count.
 """
@@ -25,8 +28,8 @@ import torch
 
 from .maskset import MaskSet
 
-Scope = Literal["global", "uniform", "erk"]
-SCOPES: tuple[str, ...] = ("global", "uniform", "erk")
+Scope = Literal["global", "uniform", "erk", "irp"]
+SCOPES: tuple[str, ...] = ("global", "uniform", "erk", "irp")
 
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
@@ -64,6 +67,7 @@ def select_masks(
     min_density: float = 0.0,
     existing: Mapping[str, torch.Tensor] | None = None,
     metadata: Mapping[str, object] | None = None,
+    layer_counts: Mapping[str, int] | None = None,
 ) -> MaskSet:
     """Keep the best-scoring weights so that exactly ``round((1 - sparsity) * N)`` of ``N`` remain.
 
@@ -74,6 +78,8 @@ def select_masks(
         min_density: Every tensor keeps at least this fraction of its weights (rounded up).
         existing: A mask to prune further; its pruned weights stay pruned.
         metadata: Stored in the returned MaskSet.
+        layer_counts: Kept weights per tensor, required by (and only used with) ``scope="irp"``; they must sum to
+            the kept total of ``sparsity``.
 
     Raises:
         ValueError: on a sparsity outside [0, 1), an unknown scope, NaN/inf scores (naming the parameter), a
@@ -94,6 +100,18 @@ def select_masks(
             raise ValueError(f"existing mask lacks parameters {missing}")
     total = sum(scores[n].numel() for n in names)
     k = num_to_keep(total, sparsity)
+    if scope == "irp":
+        if min_density:
+            raise ValueError('min_density does not apply to scope="irp": the layer counts are given')
+        if layer_counts is None:
+            raise ValueError('scope="irp" needs layer_counts (per-tensor kept counts, e.g. from an IRP ticket)')
+        missing = [n for n in names if n not in layer_counts]
+        if missing:
+            raise ValueError(f"layer_counts lacks tensors {missing}")
+        if sum(int(layer_counts[n]) for n in names) != k:
+            raise ValueError(
+                f"layer_counts keep {sum(int(layer_counts[n]) for n in names)} weights but sparsity {sparsity} keeps {k}"
+            )
 
     keys: list[torch.Tensor] = []
     alive_total = 0
@@ -114,6 +132,11 @@ def select_masks(
         rank[order] = torch.arange(order.numel())
         if scope == "global":
             key = -flat
+        elif scope == "irp":
+            count = int(layer_counts[name])  # type: ignore[index]
+            if count > n_alive:
+                raise ValueError(f"layer_counts asks {count} weights of {name!r}, which has only {n_alive} unpruned")
+            key = torch.where(rank < count, rank.to(torch.float64), torch.tensor(math.inf, dtype=torch.float64))
         else:
             key = (rank.to(torch.float64) + 0.5) / _layer_weight(scores[name].shape, scope)
         n_reserved = min(math.ceil(min_density * flat.numel()), n_alive)

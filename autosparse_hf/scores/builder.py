@@ -73,6 +73,7 @@ def build_score_dataset(
         "irp_config": run_info["config"],
         "densities": run_info.get("densities"),
         "history": run_info.get("history"),
+        "layers": run_info.get("layers"),
     }
     info = DatasetInfo(
         description=json.dumps(description),

@@ -1,0 +1,172 @@
+"""The whole AutoSparse pipeline in one resumable call: IRP -> score dataset -> AutoS -> prune fresh networks.
+
+AutoSparse (Liu et al. 2024, arXiv 2408.14757): one IRP run labels every weight of one network with its surviving
+score, a predictor learns the score from features at initialization, and the predictor prunes new networks (fresh
+seeds, never the IRP source's initialization) before training. Every pruned network, of every criterion, trains
+with the same recipe; the table reports final-epoch test accuracy, mean and standard deviation over seeds, next to
+the IRP ticket at the nearest density as the reference PaI tries to reach.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .experiments import PaIGridConfig, markdown_table, run_pai_grid, summarize
+from .irp import IRPConfig
+from .irp.runner import IRPRunArguments, irp_run_complete, run_irp
+from .predictor.training import AutoSTrainingArguments, metrics_markdown, train_autos
+from .training import TrainRecipe
+
+
+@dataclass
+class PipelineArguments:
+    """The built-in default: LeNet-300-100 on the MNIST digits, IRP seed 0, fresh seeds 1-3."""
+
+    output_dir: str = field(default="outputs/autosparse", metadata={"help": "Folder for every stage's outputs."})
+    model: str = field(default="lenet300100", metadata={"help": "Built-in model or timm model name."})
+    task: str = field(default="mnist", metadata={"help": "Built-in task or Hub dataset."})
+    irp_seed: int = field(default=0, metadata={"help": "Seed of the IRP source network."})
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3], metadata={"help": "Fresh seeds to prune."})
+    sparsities: list[float] = field(default_factory=lambda: [0.9, 0.95, 0.98, 0.99], metadata={"help": "Targets."})
+    criteria: list[str] = field(
+        default_factory=lambda: ["random", "magnitude", "snip", "grasp", "synflow", "autos"],
+        metadata={"help": "Criteria compared (autos uses the predictor trained here)."},
+    )
+    autos_feature_set: str = field(default="default", metadata={"help": "Feature set of the predictor."})
+    autos_architecture: str = field(default="mlp", metadata={"help": "Predictor architecture."})
+    autos_loss: str = field(default="mse", metadata={"help": "Predictor loss."})
+    disable_tqdm: bool = field(default=True, metadata={"help": "Hide the Trainer progress bars."})
+
+    def __post_init__(self) -> None:
+        if self.irp_seed in self.seeds:
+            raise ValueError(
+                f"seeds {self.seeds} include the IRP seed {self.irp_seed}: pruning the initialization whose IRP "
+                "produced the labels is not a fair test; choose fresh seeds"
+            )
+
+
+def run_pipeline(args: PipelineArguments, irp_config: IRPConfig, recipe: TrainRecipe) -> dict[str, Any]:
+    """Run every stage that has not finished yet; write ``summary.md`` and ``accuracy.png`` in ``output_dir``."""
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pipeline_config.json").write_text(json.dumps(pipeline_config_dict(args, irp_config, recipe), indent=2))
+    irp_dir = out / "irp_run"
+    run = IRPRunArguments(
+        model=args.model, task=args.task, seed=args.irp_seed, output_dir=str(irp_dir), disable_tqdm=args.disable_tqdm
+    )
+    history: list[dict[str, Any]]
+    if irp_run_complete(irp_dir):
+        history = json.loads((irp_dir / "irp" / "irp_run.json").read_text())["history"]
+    else:
+        history = run_irp(run, irp_config, recipe).history
+    predictor_dir = out / "autos"
+    metrics_file = predictor_dir / "metrics.json"
+    if metrics_file.is_file():
+        report = json.loads(metrics_file.read_text())
+    else:
+        _, report = train_autos(
+            AutoSTrainingArguments(
+                score_datasets=[str(irp_dir / "irp")],
+                output_dir=str(predictor_dir),
+                feature_set=args.autos_feature_set,
+                architecture=args.autos_architecture,
+                loss=args.autos_loss,
+                seed=args.irp_seed,
+                disable_tqdm=args.disable_tqdm,
+            )
+        )
+    grid = PaIGridConfig(
+        model=args.model,
+        task=args.task,
+        criteria=list(args.criteria),
+        sparsities=list(args.sparsities),
+        seeds=list(args.seeds),
+        predictor=str(predictor_dir),
+        output_dir=str(out / "grid"),
+    )
+    rows = run_pai_grid(grid, recipe)
+    summary = summarize(rows)
+    tickets = irp_reference(history, args.sparsities)
+    text = summary_markdown(args, summary, tickets, report)
+    (out / "summary.md").write_text(text)
+    plot_accuracy(summary, tickets, out / "accuracy.png", title=f"{args.model} on {args.task}")
+    return {"summary": summary, "irp_tickets": tickets, "autos_report": report, "text": text}
+
+
+def irp_reference(history: list[dict[str, Any]], sparsities: list[float]) -> list[dict[str, float]]:
+    """The trained IRP ticket nearest each target sparsity (the lottery-ticket reference)."""
+    result = []
+    for s in sparsities:
+        row = min(history, key=lambda h: abs(h["sparsity"] - s))
+        result.append({"target_sparsity": s, "sparsity": row["sparsity"], "accuracy": row.get("eval_accuracy")})
+    return result
+
+
+def summary_markdown(
+    args: PipelineArguments, summary: list[dict[str, Any]], tickets: list[dict[str, float]], report: dict[str, Any]
+) -> str:
+    ticket_rows = "\n".join(
+        f"| {100 * t['target_sparsity']:g}% | {100 * t['sparsity']:.2f}% | {100 * (t['accuracy'] or float('nan')):.2f} |"
+        for t in tickets
+    )
+    return f"""# AutoSparse pipeline: {args.model} on {args.task}
+
+IRP source seed {args.irp_seed}; pruned networks use fresh seeds {args.seeds}. Test accuracy (%) after the same
+training recipe, mean ± std over seeds.
+
+{markdown_table(summary)}
+
+## IRP tickets (source seed, nearest density)
+
+| target sparsity | ticket sparsity | accuracy |
+|---:|---:|---:|
+{ticket_rows}
+
+## AutoS predictor on held-out weights ({report['eval_rows']} rows: {', '.join(report['eval_tensors'])})
+
+{metrics_markdown(report['metrics'])}
+"""
+
+
+def plot_accuracy(summary: list[dict[str, Any]], tickets: list[dict[str, float]], path: Path, title: str) -> None:
+    """Accuracy versus sparsity per criterion (error bars: std over seeds) with the IRP ticket curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for criterion in dict.fromkeys(r["criterion"] for r in summary):
+        rows = sorted((r for r in summary if r["criterion"] == criterion and r["sparsity"] > 0), key=lambda r: r["sparsity"])
+        if not rows:
+            dense = [r for r in summary if r["criterion"] == criterion]
+            if dense:
+                ax.axhline(100 * dense[0]["accuracy_mean"], color="gray", linestyle=":", label=criterion)
+            continue
+        ax.errorbar(
+            [100 * r["sparsity"] for r in rows],
+            [100 * r["accuracy_mean"] for r in rows],
+            yerr=[100 * r["accuracy_std"] for r in rows],
+            marker="o",
+            capsize=3,
+            label=criterion,
+        )
+    valid = [t for t in tickets if t["accuracy"] is not None]
+    if valid:
+        ax.plot([100 * t["sparsity"] for t in valid], [100 * t["accuracy"] for t in valid], "k--", marker="*",
+                label="IRP ticket")
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def pipeline_config_dict(args: PipelineArguments, irp_config: IRPConfig, recipe: TrainRecipe) -> dict[str, Any]:
+    return {"pipeline": asdict(args), "irp": irp_config.to_dict(), "recipe": recipe.to_dict()}
