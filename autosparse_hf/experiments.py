@@ -61,16 +61,20 @@ class PaIGridConfig:
         bad_scopes = [s for _, s in methods if s not in SCOPES]
         if bad_scopes:
             raise ValueError(f"unknown layer-budget scopes {bad_scopes}; known: {SCOPES}")
-        if any(c == "autos" for c, _ in methods) and not self.predictor:
+        if any(c.startswith("autos") for c, _ in methods) and not self.predictor:
             raise ValueError("criterion 'autos' needs --predictor (a folder written by recipes/train_autos.py)")
         if any(c == "ticket" or s == "irp" for c, s in methods) and not self.ticket_source:
             raise ValueError("'ticket' and '@irp' need --ticket_source (an IRP run folder or score dataset)")
 
 
 def parse_method(label: str, default_scope: str = "global") -> tuple[str, str]:
-    """``"snip@irp"`` -> ``("snip", "irp")``; ``"snip"`` -> ``("snip", default_scope)``."""
-    criterion, _, scope = label.partition("@")
-    return criterion, scope or default_scope
+    """A method label -> (criterion, scope).
+
+    ``"snip@irp"`` -> ``("snip", "irp")``; ``"snip"`` -> ``("snip", default_scope)``; a variant after ``/`` names
+    e.g. a predictor ablation and does not change the criterion: ``"autos/weight-only"`` -> ``("autos", ...)``.
+    """
+    head, _, scope = label.partition("@")
+    return head.partition("/")[0], scope or default_scope
 
 
 def _cell_key(criterion: str, sparsity: float, seed: int) -> str:
@@ -123,10 +127,10 @@ def run_pai_grid(config: PaIGridConfig, recipe: TrainRecipe | None = None) -> li
         callbacks = []
         pai = None
         criterion, scope = parse_method(label, config.scope)
-        if criterion == "autos":
-            from .criteria.autos import AutoSCriterion
+        if criterion.startswith("autos"):
+            from .criteria import get_criterion
 
-            autos = autos or AutoSCriterion(predictor=config.predictor)  # loaded once for the whole grid
+            autos = autos or get_criterion(criterion, predictor=config.predictor)  # loaded once for the whole grid
             pai = PaICallback(autos, sparsity, scope=scope, ticket_source=config.ticket_source)
         elif criterion != "dense":
             pai = PaICallback(
