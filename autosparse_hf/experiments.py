@@ -104,11 +104,15 @@ def run_pai_grid(config: PaIGridConfig, recipe: TrainRecipe | None = None) -> li
     manifest_file = out / "grid_config.json"
     if manifest_file.is_file():
         previous = json.loads(manifest_file.read_text())
-        if previous["recipe"] != manifest["recipe"] or previous["config"]["model"] != config.model or (
-            previous["config"]["task"] != config.task
-        ):
+        # Cells are keyed by method, sparsity and seed; everything else that changes a cell's result must match.
+        fixed = ("model", "task", "scope", "num_batches", "task_seed", "predictor", "ticket_source")
+        changed = [k for k in fixed if previous["config"].get(k) != manifest["config"].get(k)]
+        if previous["recipe"] != manifest["recipe"]:
+            changed.append("recipe")
+        if changed:
             raise ValueError(
-                f"{out} holds a grid with another model, task or recipe ({manifest_file}); use another output_dir"
+                f"{out} holds a grid made with other settings ({', '.join(changed)}; see {manifest_file}); "
+                "use another output_dir"
             )
     manifest_file.write_text(json.dumps(manifest, indent=2))
     cells_file = out / "cells.jsonl"

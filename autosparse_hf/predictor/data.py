@@ -96,6 +96,15 @@ def score_table(dataset: Dataset, feature_set: str) -> ScoreTable:
         rows = order[bounds[g] : bounds[g + 1]]
         rows = rows[np.argsort(index[rows], kind="stable")]  # position order, as in the tensor
         r = rows[0]
+        # Features are statistics of the whole tensor (std, mean |g0|, ranks): a tensor with duplicated rows (the
+        # same run loaded twice) or missing rows (a filtered dataset) would silently get other features than at
+        # prune time.
+        if len(rows) != int(ctx["numel"][r]) or np.any(np.diff(index[rows]) != 1) or index[rows[0]] != 0:
+            raise ValueError(
+                f"run {str(run_id[r])!r}, tensor {str(param_name[r])!r}: {len(rows)} rows for a tensor of {int(ctx['numel'][r])} "
+                "weights, or duplicated positions; every weight of a tensor must appear exactly once (a score dataset "
+                "given twice? a filtered dataset? subsample with max_train_rows instead)"
+            )
         layer = LayerContext(
             name=param_name[r],
             kind=kinds[r],

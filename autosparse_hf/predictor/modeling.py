@@ -23,7 +23,7 @@ class AutoSOutput(ModelOutput):
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-2], sizes[1:-1]):
+    for a, b in zip(sizes[:-2], sizes[1:-1], strict=True):
         layers += [nn.Linear(a, b), nn.ReLU()]
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return nn.Sequential(*layers)
@@ -32,7 +32,7 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 def _paper_fc(num_features: int) -> nn.Sequential:
     sizes = [num_features, 16, 64, 1024, 1024, 64]
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
         layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU()]
     layers.append(nn.Linear(sizes[-1], 1))
     return nn.Sequential(*layers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,14 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
+from ..features import feature_names
 from ..scores import load_score_datasets
-from .configuration import AutoSConfig
+from .configuration import ARCHITECTURES, LOSSES, AutoSConfig
 from .data import ScoreTable, score_table, split_rows
 from .metrics import DEFAULT_DENSITIES, ranking_metrics
 from .modeling import AutoSModel
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +45,18 @@ class AutoSTrainingArguments:
     seed: int = field(default=0, metadata={"help": "Seed of initialization, sampling and shuffling."})
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
 
+    def __post_init__(self) -> None:
+        # Fail on a typo before loading and featurizing millions of rows, not after.
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
+        feature_names(self.feature_set)
+        if self.eval_split not in ("auto", "runs", "layers"):
+            raise ValueError(f"eval_split must be auto, runs or layers, got {self.eval_split!r}")
+        if not self.epochs > 0 or self.batch_size < 1:
+            raise ValueError(f"epochs must be > 0 and batch_size >= 1, got {self.epochs} and {self.batch_size}")
+
 
 class ChunkDataset(torch.utils.data.Dataset):
     """Rows served as ready-made batches: one item is ``batch_size`` rows (a fixed random partition).
@@ -54,7 +70,12 @@ class ChunkDataset(torch.utils.data.Dataset):
         self.features = table.features
         self.labels = torch.from_numpy(table.surviving_score)
         self.group = torch.from_numpy(table.group)
-        self.chunks = [torch.from_numpy(order[i : i + batch_size]) for i in range(0, n, batch_size)]
+        starts = list(range(0, n, batch_size))
+        if len(starts) > 1 and n - starts[-1] == 1:
+            # A one-row batch breaks batch norm in training mode (paper_fc, paper_resnet18): fold it into the previous.
+            starts.pop()
+        bounds = [*starts, n]
+        self.chunks = [torch.from_numpy(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -153,11 +174,30 @@ def train_autos(args: AutoSTrainingArguments) -> tuple[AutoSModel, dict[str, Any
 
 
 def _feature_num_batches(dataset: Any) -> int:
-    try:
-        info = json.loads(dataset.info.description or "{}")
-        return int(info["irp_config"]["feature_num_batches"])
-    except (ValueError, KeyError, TypeError):
+    """Batches the score datasets' ``g0`` averaged over (4 if they do not say).
+
+    ``concatenate_datasets`` joins the descriptions of several score datasets with blank lines, so the description
+    is a sequence of JSON documents, not one; every document is read.
+    """
+    text = dataset.info.description or ""
+    decoder = json.JSONDecoder()
+    values: list[int] = []
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            break
+        try:
+            info, pos = decoder.raw_decode(text, pos)
+            values.append(int(info["irp_config"]["feature_num_batches"]))
+        except (ValueError, KeyError, TypeError):
+            break
+    if not values:
         return 4
+    if len(set(values)) > 1:
+        logger.warning("score datasets averaged g0 over different numbers of batches %s; using %d", values, values[0])
+    return values[0]
 
 
 def _plot_loss(history: list[dict[str, float]], path: Path) -> None:
