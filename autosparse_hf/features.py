@@ -113,8 +113,9 @@ def compute_initial_features(
         params: Prunable parameters (default: ``get_prunable_parameters(model, include, exclude)``).
     """
     params = params if params is not None else get_prunable_parameters(model, include, exclude)
-    batches = take_batches(dataloader, num_batches, "the initial-gradient feature")
     with preserved_model_state(model):
+        # Drawing batches inside: a shuffling DataLoader consumes the global RNG, which must be left as found.
+        batches = take_batches(dataloader, num_batches, "the initial-gradient feature")
         grads = average_gradients(model, params, batches, get_family(model))
     weights = {name: p.param.detach().clone() for name, p in params.items()}
     grads = _broadcast({name: g.contiguous() for name, g in grads.items()})

@@ -17,7 +17,7 @@ def _check_common(counts: list[int], total: int, cycles: int, final_sparsity: fl
     assert all(isinstance(c, int) for c in counts)
     assert counts[0] == total
     assert counts[-1] == max(1, round((1 - final_sparsity) * total))
-    assert all(b <= a for a, b in zip(counts, counts[1:])), counts
+    assert all(b <= a for a, b in zip(counts, counts[1:], strict=False)), counts
 
 
 @pytest.mark.parametrize("total", SIZES)
@@ -25,7 +25,7 @@ def _check_common(counts: list[int], total: int, cycles: int, final_sparsity: fl
 def test_equal_count_removes_equal_counts(total: int, cycles: int, final_sparsity: float) -> None:
     counts = kept_counts(total, cycles, final_sparsity, "equal_count")
     _check_common(counts, total, cycles, final_sparsity)
-    removed = [a - b for a, b in zip(counts, counts[1:])]
+    removed = [a - b for a, b in zip(counts, counts[1:], strict=False)]
     assert max(removed) - min(removed) <= 1, removed
     # Density after cycle c is 1 - c (1 - d_final) / E, up to rounding to whole weights.
     final = counts[-1]
@@ -49,7 +49,7 @@ def test_geometric_keeps_a_constant_fraction(total: int, cycles: int, final_spar
     for c, kept in enumerate(counts):
         assert abs(kept - total * ratio**c) <= 0.5 + 1e-9 or c == cycles
     # Every cycle keeps the same fraction of the survivors (large enough counts make rounding negligible).
-    for a, b in zip(counts, counts[1:]):
+    for a, b in zip(counts, counts[1:], strict=False):
         if b >= 1000:
             assert b / a == pytest.approx(ratio, rel=2e-3)
 
@@ -76,7 +76,7 @@ def test_final_count_never_zero(schedule: str) -> None:
     # 1% of 10 weights rounds to 0; a ticket without weights is no network, and selection cannot keep none.
     counts = kept_counts(10, 3, 0.99, schedule)
     assert counts[-1] == 1
-    assert all(b <= a for a, b in zip(counts, counts[1:]))
+    assert all(b <= a for a, b in zip(counts, counts[1:], strict=False))
 
 
 def test_kept_counts_rejects_bad_input() -> None:

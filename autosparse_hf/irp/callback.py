@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments, get_scheduler
@@ -133,15 +135,20 @@ class IRPCallback(TrainerCallback):
     def _check_length(self, args: TrainingArguments, state: TrainerState) -> None:
         n, k = self.config.training_cycles, self.config.rewind_step
         total = state.max_steps
-        # total = T + (n - 1) * (T - k), solved for the cycle length T.
-        if (total + (n - 1) * k) % n != 0:
+        # total = T + (n - 1) * (T - k), solved for the cycle length T. Counted in epochs (and rewinding to step 0),
+        # every cycle must also be a whole number of epochs: 9 epochs of 8 steps divide into 4 cycles of 18 steps,
+        # but cycles that end mid-epoch are not what "num_train_epochs = cycles x epochs per cycle" asked for.
+        epochs_per_cycle = float(args.num_train_epochs) / n
+        whole_epochs = args.max_steps > 0 or k > 0 or epochs_per_cycle == int(epochs_per_cycle)
+        if (total + (n - 1) * k) % n != 0 or not whole_epochs:
             t = math.ceil((total + (n - 1) * k) / n)
             good = t + (n - 1) * (t - k)
-            what = (
-                f"num_train_epochs={args.num_train_epochs} gives {total} optimizer steps"
-                if args.max_steps <= 0
-                else f"max_steps={args.max_steps}"
-            )
+            if args.max_steps > 0:
+                what = f"max_steps={args.max_steps} is not divisible into them"
+            elif not whole_epochs:
+                what = f"num_train_epochs={args.num_train_epochs} is not a whole multiple of {n}"
+            else:
+                what = f"num_train_epochs={args.num_train_epochs} gives {total} optimizer steps, not divisible into them"
             hint = (
                 f"use num_train_epochs = {n} x (epochs per cycle), e.g. {n * max(1, round(args.num_train_epochs / n))}"
                 if args.max_steps <= 0 and k == 0
@@ -149,8 +156,7 @@ class IRPCallback(TrainerCallback):
             )
             raise ValueError(
                 f"IRP needs {n} training cycles of equal length ({self.config.cycles} cycles"
-                f"{' + the final ticket' if self.config.train_final_ticket else ''}), but {what}, which is not "
-                f"divisible into them; {hint}."
+                f"{' + the final ticket' if self.config.train_final_ticket else ''}), but {what}; {hint}."
             )
         length = (total + (n - 1) * k) // n
         if k >= length:
@@ -190,7 +196,7 @@ class IRPCallback(TrainerCallback):
     @staticmethod
     def _reset_lrs(optimizer: Any, lr_scheduler: Any) -> None:
         scheduler = _unwrap_scheduler(lr_scheduler)
-        for group, base_lr, fn in zip(_unwrap_optimizer(optimizer).param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        for group, base_lr, fn in zip(_unwrap_optimizer(optimizer).param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
             group["lr"] = base_lr * fn(scheduler.last_epoch)
         scheduler._last_lr = [g["lr"] for g in _unwrap_optimizer(optimizer).param_groups]
 
@@ -205,6 +211,14 @@ class IRPCallback(TrainerCallback):
         if self.identity["seed"] is None:
             self.identity["seed"] = args.seed
         resume_dir = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_STATE_DIR
+        # Also when resuming: a finished run's results are never overwritten (and could not be, folder by folder).
+        run_file = Path(args.output_dir) / RUN_DIR / RUN_FILE
+        if run_file.is_file():
+            other = json.loads(run_file.read_text()).get("identity", {})
+            raise ValueError(
+                f"output folder {args.output_dir} already holds an IRP run (run_id={other.get('run_id')!r}, "
+                f"model={other.get('model')!r}); choose another output_dir or remove {run_file.parent}"
+            )
         if state.global_step > 0:
             if not resume_dir.is_dir():
                 raise FileNotFoundError(
@@ -214,13 +228,6 @@ class IRPCallback(TrainerCallback):
             self._load_checkpoint_state(resume_dir, model)
             zero_pruned_weights(model, self.masks)
         else:
-            run_file = Path(args.output_dir) / RUN_DIR / RUN_FILE
-            if run_file.is_file():
-                other = json.loads(run_file.read_text()).get("identity", {})
-                raise ValueError(
-                    f"output folder {args.output_dir} already holds an IRP run (run_id={other.get('run_id')!r}, "
-                    f"model={other.get('model')!r}); choose another output_dir or remove {run_file.parent}"
-                )
             if self.identity["run_id"] is None:
                 self.identity["run_id"] = uuid.uuid4().hex[:12]
             self.init_snapshot = snapshot_state(model)
@@ -279,6 +286,8 @@ class IRPCallback(TrainerCallback):
             return
         if state.is_world_process_zero:
             self.save_run(Path(args.output_dir) / RUN_DIR, wall_seconds=time.time() - self._start_time)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # the results exist for every rank once train() returns
 
     # ----------------------------------------------------------------------------------------------------------
     # The cycle boundary
@@ -289,10 +298,19 @@ class IRPCallback(TrainerCallback):
         cycle = self.cycle
         density = self.density_of(self.pruned_cycles_done())
         entry = {"cycle": cycle, "density": density, "sparsity": 1.0 - density, "step": state.global_step}
-        entry.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        # on_log adds this callback's own irp_* keys to the (shared) metrics dict; they would duplicate cycle/density.
+        entry.update(
+            {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("irp_")}
+        )
         self.history.append(entry)
         if cycle <= self.config.cycles:
             current = self.masks
+            loader = kwargs.get("train_dataloader")
+            if loader is not None and hasattr(loader, "set_epoch") and state.epoch is not None:
+                # A data-dependent criterion reads the first batches of the epoch being trained. A resumed run
+                # trains that epoch through a batch-skipping copy of the loader, so the loader itself still holds
+                # the epoch it started at; without this, the resumed run would score on other batches.
+                loader.set_epoch(max(0, math.ceil(state.epoch) - 1))
             scores = compute_scores(
                 model,
                 self.config.criterion,
@@ -443,6 +461,11 @@ class IRPCallback(TrainerCallback):
         self.mask_after(self.config.cycles).save_pretrained(tmp / "final_mask")
         write_cycle_report(info, tmp)
         save_score_dataset(self.to_dataset(), tmp, info)
+        # A save killed half-way leaves some folders without irp_run.json; a non-empty folder cannot be replaced by a
+        # rename, so the stale ones go first (the run file is absent, so nothing complete is lost).
+        for item in tmp.iterdir():
+            if (target / item.name).is_dir():
+                shutil.rmtree(target / item.name)
         commit_dir(target, tmp)
         # Written last, atomically: its presence marks a complete run folder.
         partial = target / f".{RUN_FILE}.tmp"

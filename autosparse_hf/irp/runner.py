@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
@@ -61,6 +63,9 @@ def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRP
 
     if float(recipe.epochs) != int(recipe.epochs) or recipe.epochs < 1:
         raise ValueError(f"epochs per cycle must be a whole number >= 1, got {recipe.epochs}")
+    if irp_run_complete(run.output_dir):
+        # Checked before resuming too: the last checkpoint of a finished run would otherwise be "resumed".
+        raise ValueError(f"{run.output_dir} already holds a finished IRP run; choose another output_dir")
     dataset = load_task(run.task, seed=run.task_seed)
     if run.max_train_samples:
         dataset["train"] = dataset["train"].select(range(min(run.max_train_samples, len(dataset["train"]))))
@@ -72,6 +77,11 @@ def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRP
         logging_strategy="no",
         disable_tqdm=run.disable_tqdm,
     )
+    if _world_size() > 1 and not torch.cuda.is_available():
+        # `accelerate launch --multi_gpu` on a machine without GPUs starts the processes, but the Trainer joins them
+        # (DDP over gloo) only when told to use the CPU; otherwise every process trains alone on all the data and
+        # writes the outputs.
+        cycle_args["use_cpu"] = True
     if run.checkpoint_every_cycle:
         cycle_args.update(save_strategy="epoch", save_total_limit=2)
         if int(recipe.epochs) > 1:
@@ -87,8 +97,6 @@ def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRP
         callbacks=[irp],
     )
     checkpoint = get_last_checkpoint(run.output_dir) if run.resume and Path(run.output_dir).is_dir() else None
-    if checkpoint is None and (Path(run.output_dir) / RUN_DIR).is_dir() and irp_run_complete(run.output_dir):
-        raise ValueError(f"{run.output_dir} already holds a finished IRP run; choose another output_dir")
     trainer.train(resume_from_checkpoint=checkpoint)
     if run.push_to_hub and trainer.is_world_process_zero():
         from ..scores import push_score_dataset
@@ -103,11 +111,14 @@ def irp_run_complete(output_dir: str | Path) -> bool:
     return (Path(output_dir) / RUN_DIR / RUN_FILE).is_file()
 
 
+def _world_size() -> int:
+    # From the launcher's environment: creating accelerate's PartialState here, before TrainingArguments decides
+    # between CPU and GPU, would initialize the process group the wrong way on CPU-only machines.
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _cycle_steps(dataset: Any, recipe: TrainRecipe) -> int:
     import math
 
-    from accelerate import PartialState
-
-    world = PartialState().num_processes
-    per_epoch = math.ceil(len(dataset["train"]) / (recipe.batch_size * world))
+    per_epoch = math.ceil(len(dataset["train"]) / (recipe.batch_size * _world_size()))
     return per_epoch * int(recipe.epochs)

@@ -9,13 +9,23 @@ import yaml
 from ..irp.report import cycle_table_markdown
 from .schema import SCORE_SCHEMA_VERSION
 
+_SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B", "1B<n<10B")
+
+
+def _size_category(num_rows: int) -> str:
+    """The Hub's size category (one of the values ``huggingface_hub.DatasetCardData`` documents)."""
+    for exponent, name in enumerate(_SIZE_CATEGORIES, start=3):
+        if num_rows < 10**exponent:
+            return name
+    return "10B<n<100B"
+
 
 def score_dataset_card(info: dict[str, Any], num_rows: int) -> str:
     """Card text recording the IRP configuration, model, task, seed and the per-cycle density/accuracy table."""
     identity = info.get("identity", {})
     header = {
         "tags": ["autosparse", "pruning", "lottery-ticket", "pruning-at-initialization"],
-        "size_categories": ["n<1K" if num_rows < 1000 else "1K<n<1M" if num_rows < 10**6 else "1M<n<100M"],
+        "size_categories": [_size_category(num_rows)],
         "autosparse_score_schema": SCORE_SCHEMA_VERSION,
     }
     config_rows = "\n".join(f"| {k} | {v} |" for k, v in info.get("config", {}).items())
