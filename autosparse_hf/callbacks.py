@@ -101,6 +101,8 @@ class PaICallback(TrainerCallback):
             self.masks.apply(model)
         else:
             self.masks = self.compute_masks(model, self.dataloader or kwargs.get("train_dataloader"))
+        if self.enforcer is not None:
+            self.enforcer.remove()
         self.enforcer = MaskEnforcer(model, self.masks)
         logger.info("pruned %s to sparsity %.6f", type(model).__name__, self.masks.sparsity)
 
@@ -111,6 +113,10 @@ class PaICallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
         if self.enforcer is not None:
             self.enforcer.zero_weights()
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
+        if self.enforcer is not None:
+            self.enforcer.remove()  # the hooks must not outlive training (the model may be fine-tuned densely later)
 
     def on_log(self, args, state, control, logs: dict[str, float] | None = None, **kwargs) -> None:  # noqa: ANN001
         if logs is not None and self.masks is not None:

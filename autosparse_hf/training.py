@@ -6,6 +6,7 @@ for every method; this module turns a :class:`TrainRecipe` into ``TrainingArgume
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,6 +15,12 @@ import torch
 from datasets import DatasetDict
 from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+
+def world_size() -> int:
+    """Processes started by the launcher (from its environment: creating accelerate's PartialState before
+    ``TrainingArguments`` decides between CPU and GPU would set up the process group the wrong way on CPU)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @dataclass
@@ -54,6 +61,10 @@ class TrainRecipe:
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
         )
+        if world_size() > 1 and not torch.cuda.is_available():
+            # `accelerate launch --multi_gpu` on a machine without GPUs starts the processes, but the Trainer joins
+            # them (DDP over gloo) only when told to use the CPU; otherwise every process trains alone on all data.
+            kwargs["use_cpu"] = True
         kwargs.update(overrides)
         return TrainingArguments(**kwargs)
 

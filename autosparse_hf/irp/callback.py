@@ -243,7 +243,7 @@ class IRPCallback(TrainerCallback):
             self.history = []
             self.finished = False
         self._install_cyclic_schedule(args, kwargs["optimizer"], kwargs["lr_scheduler"])
-        self.enforcer = MaskEnforcer(model, self.masks)
+        self._enforce(model, self.masks)
         self._overhead_seconds += time.perf_counter() - start
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
@@ -281,6 +281,8 @@ class IRPCallback(TrainerCallback):
             self._save_checkpoint_state(folder)
 
     def on_train_end(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
+        if self.enforcer is not None:
+            self.enforcer.remove()
         if not self.finished:
             logger.warning("IRP stopped before its last cycle (step %d); outputs not written", state.global_step)
             return
@@ -337,6 +339,11 @@ class IRPCallback(TrainerCallback):
             self._rewind(model, kwargs["optimizer"], kwargs["lr_scheduler"])
         self._overhead_seconds += time.perf_counter() - start
 
+    def _enforce(self, model: nn.Module, masks: MaskSet) -> None:
+        if self.enforcer is not None:
+            self.enforcer.remove()  # one set of gradient hooks at a time
+        self.enforcer = MaskEnforcer(model, masks)
+
     def _rewind(self, model: nn.Module, optimizer: Any, lr_scheduler: Any) -> None:
         """Rewind weights, buffers, optimizer state and schedule; then enforce the new mask."""
         snapshot = self.rewind_snapshot if self.config.rewind_step else self.init_snapshot
@@ -347,7 +354,7 @@ class IRPCallback(TrainerCallback):
         zero_pruned_weights(model, masks)
         _unwrap_optimizer(optimizer).state.clear()  # momentum, Adam moments and step counts start over
         self._reset_lrs(optimizer, lr_scheduler)
-        self.enforcer = MaskEnforcer(model, masks)
+        self._enforce(model, masks)
 
     # ----------------------------------------------------------------------------------------------------------
     # Checkpoint state (safetensors + JSON, never pickle)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..training import TrainRecipe
+from ..training import TrainRecipe, world_size
 from .callback import RUN_DIR, IRPCallback
 from .config import IRPConfig
 
@@ -77,11 +75,6 @@ def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRP
         logging_strategy="no",
         disable_tqdm=run.disable_tqdm,
     )
-    if _world_size() > 1 and not torch.cuda.is_available():
-        # `accelerate launch --multi_gpu` on a machine without GPUs starts the processes, but the Trainer joins them
-        # (DDP over gloo) only when told to use the CPU; otherwise every process trains alone on all the data and
-        # writes the outputs.
-        cycle_args["use_cpu"] = True
     if run.checkpoint_every_cycle:
         cycle_args.update(save_strategy="epoch", save_total_limit=2)
         if int(recipe.epochs) > 1:
@@ -111,14 +104,10 @@ def irp_run_complete(output_dir: str | Path) -> bool:
     return (Path(output_dir) / RUN_DIR / RUN_FILE).is_file()
 
 
-def _world_size() -> int:
-    # From the launcher's environment: creating accelerate's PartialState here, before TrainingArguments decides
-    # between CPU and GPU, would initialize the process group the wrong way on CPU-only machines.
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _cycle_steps(dataset: Any, recipe: TrainRecipe) -> int:
     import math
 
-    per_epoch = math.ceil(len(dataset["train"]) / (recipe.batch_size * _world_size()))
+    per_epoch = math.ceil(len(dataset["train"]) / (recipe.batch_size * world_size()))
     return per_epoch * int(recipe.epochs)

@@ -44,19 +44,34 @@ def broadcast_masks(masks: Mapping[str, torch.Tensor], src: int = 0) -> dict[str
 class MaskEnforcer:
     """Keeps a model's pruned weights at zero during training.
 
-    Call :meth:`mask_gradients` after backward and before ``optimizer.step()`` and :meth:`zero_weights` right after
-    it (``PaICallback`` does both through the Trainer's ``on_pre_optimizer_step`` / ``on_optimizer_step``).
+    With ``gradient_hooks=True`` (the default) a hook on every masked parameter multiplies its gradient by the mask
+    during backward, before anything reads it: gradient clipping norms, DDP's all-reduce and the optimizer all see
+    only the weights that exist. :meth:`zero_weights` after each optimizer step then undoes anything the optimizer
+    did to pruned weights (weight decay, stale momentum). Without hooks, call :meth:`mask_gradients` after backward
+    and before ``optimizer.step()`` (``PaICallback`` and ``IRPCallback`` call both methods through the Trainer's
+    ``on_pre_optimizer_step`` / ``on_optimizer_step``; with hooks, ``mask_gradients`` has nothing left to do).
+    Call :meth:`remove` to take the hooks off.
     """
 
-    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor], gradient_hooks: bool = True) -> None:
         params = dict(model.named_parameters())
         self.pairs: list[tuple[nn.Parameter, torch.Tensor]] = [
             (params[name], mask.to(device=params[name].device, dtype=params[name].dtype))
             for name, mask in masks.items()
         ]
+        self._handles = []
+        if gradient_hooks:
+            for param, mask in self.pairs:
+                self._handles.append(param.register_hook(lambda grad, mask=mask: grad * mask))
+
+    @property
+    def uses_hooks(self) -> bool:
+        return bool(self._handles)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
+        if self._handles:
+            return  # the hooks masked every gradient during backward
         for param, mask in self.pairs:
             if param.grad is not None:
                 param.grad.mul_(mask)
@@ -65,3 +80,9 @@ class MaskEnforcer:
     def zero_weights(self) -> None:
         for param, mask in self.pairs:
             param.mul_(mask)
+
+    def remove(self) -> None:
+        """Remove the gradient hooks (the model trains densely again from here on)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
