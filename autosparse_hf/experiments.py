@@ -51,7 +51,6 @@ class PaIGridConfig:
         for s in self.sparsities:
             check_sparsity(s, "sparsities")
         from .criteria import list_criteria
-
         from .masks import SCOPES
 
         methods = [parse_method(c, self.scope) for c in self.criteria]
