@@ -6,6 +6,11 @@ number of batches (not summed over the training set as in the reference code), i
 (kind, fan-in, fan-out, relative depth, size) describes where the weight sits, which is what lets a predictor move
 between architectures. The IRP callback records these when it starts and AutoS computes them, with this same code,
 for the model it prunes.
+
+Unit-level features describe the two units a weight connects: the spread of its input unit's activation over the
+feature batches (for the first layer: how informative the pixel is), and the gradient norms of its input unit's
+column and output unit's row. What transfers between initializations is structure (which input units and layers
+keep weights), and these are its cheapest init-time signals.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from .families import PrunableParameter, get_family, get_prunable_parameters
 from .gradients import average_gradients, take_batches
 from .state import preserved_model_state
 
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class LayerContext:
     relative_depth: float
     numel: int
     shape: tuple[int, ...]
+    transposed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,13 +57,25 @@ class InitialFeatures:
         gradients: ``g0`` per prunable tensor, averaged over ``num_batches`` batches.
         layers: Layer context per prunable tensor, in parameter order.
         num_batches: Batches averaged for ``g0``.
+        input_std: Per tensor, the standard deviation of each input unit's activation (per input feature of a
+            linear layer, per input channel of a convolution) over the same batches; ``None`` where unknown (then
+            the unit features treat every unit alike).
     """
 
     weights: dict[str, torch.Tensor]
     gradients: dict[str, torch.Tensor]
     layers: list[LayerContext]
     num_batches: int
+    input_std: dict[str, torch.Tensor] | None = None
     schema_version: int = FEATURE_SCHEMA_VERSION
+
+    def unit_columns(self, name: str) -> dict[str, torch.Tensor]:
+        """Per-weight ``unit_in``, ``unit_out`` and ``input_std`` of one tensor (flattened, position order)."""
+        layer = next(layer for layer in self.layers if layer.name == name)
+        unit_in, unit_out = unit_indices(layer)
+        stds = self.input_std.get(name) if self.input_std is not None else None
+        per_weight = stds.float().cpu()[unit_in] if stds is not None and stds.numel() > 0 else torch.ones(layer.numel)
+        return {"unit_in": unit_in, "unit_out": unit_out, "input_std": per_weight}
 
     @property
     def names(self) -> list[str]:
@@ -66,6 +84,33 @@ class InitialFeatures:
     @property
     def numel(self) -> int:
         return sum(layer.numel for layer in self.layers)
+
+
+def feature_tensors(features: InitialFeatures) -> dict[str, torch.Tensor]:
+    """The tensors of ``features`` under flat keys (``w0/<name>``, ``g0/<name>``, ``input_std/<name>``) for
+    safetensors; :func:`features_from_tensors` reads them back."""
+    tensors = {}
+    for layer in features.layers:
+        tensors[f"w0/{layer.name}"] = features.weights[layer.name].contiguous().cpu()
+        tensors[f"g0/{layer.name}"] = features.gradients[layer.name].contiguous().cpu()
+        if features.input_std is not None and layer.name in features.input_std:
+            tensors[f"input_std/{layer.name}"] = features.input_std[layer.name].contiguous().cpu()
+    return tensors
+
+
+def features_from_tensors(
+    tensors: Mapping[str, torch.Tensor], layers: list[dict[str, Any]], num_batches: int
+) -> InitialFeatures:
+    """Inverse of :func:`feature_tensors`; ``layers`` are ``LayerContext.to_dict()`` entries."""
+    contexts = [LayerContext(**{**d, "shape": tuple(d["shape"])}) for d in layers]
+    names = [layer.name for layer in contexts]
+    return InitialFeatures(
+        weights={n: tensors[f"w0/{n}"] for n in names},
+        gradients={n: tensors[f"g0/{n}"] for n in names},
+        layers=contexts,
+        num_batches=num_batches,
+        input_std={n: tensors[f"input_std/{n}"] for n in names if f"input_std/{n}" in tensors},
+    )
 
 
 def layer_contexts(params: Mapping[str, PrunableParameter]) -> list[LayerContext]:
@@ -81,9 +126,67 @@ def layer_contexts(params: Mapping[str, PrunableParameter]) -> list[LayerContext
             relative_depth=p.depth / last,
             numel=p.param.numel(),
             shape=tuple(p.param.shape),
+            transposed=p.transposed,
         )
         for p in params.values()
     ]
+
+
+def unit_indices(layer: LayerContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the input unit and of the output unit of every weight of a tensor (flattened, position order).
+
+    Weights are stored (out, in, *kernel) by linear and convolution layers and (in, out) by GPT-2's ``Conv1D``;
+    input units are input features (linear) or input channels (convolution).
+    """
+    shape = layer.shape
+    idx = torch.arange(layer.numel, dtype=torch.int64)
+    if len(shape) < 2:
+        return torch.zeros_like(idx), idx
+    if layer.transposed:
+        return idx // shape[1], idx % shape[1]
+    per_out = layer.numel // shape[0]
+    kernel = per_out // shape[1]
+    return (idx % per_out) // kernel, idx // per_out
+
+
+class _InputStatistics:
+    """Forward pre-hooks that accumulate per-unit first and second moments of each prunable module's input."""
+
+    def __init__(self, model: nn.Module, params: Mapping[str, PrunableParameter]) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.squares: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.handles = []
+        for name, p in params.items():
+            if p.kind not in ("linear", "conv"):
+                continue  # embeddings and pattern-included tensors take ids or nothing per unit
+            module = model.get_submodule(p.module_name) if p.module_name else model
+            self.handles.append(module.register_forward_pre_hook(self._hook(name, p.kind)))
+
+    def _hook(self, name: str, kind: str):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple) -> None:  # noqa: ARG001
+            if not args or not isinstance(args[0], torch.Tensor):
+                return
+            x = args[0].detach().float()
+            x = x.movedim(1, -1) if kind == "conv" else x  # units last
+            x = x.reshape(-1, x.shape[-1])
+            self.sums[name] = self.sums.get(name, 0) + x.sum(0)
+            self.squares[name] = self.squares.get(name, 0) + (x * x).sum(0)
+            self.counts[name] = self.counts.get(name, 0) + x.shape[0]
+
+        return hook
+
+    def stds(self) -> dict[str, torch.Tensor]:
+        result = {}
+        for name, total in self.sums.items():
+            mean = total / self.counts[name]
+            var = (self.squares[name] / self.counts[name] - mean * mean).clamp_min(0.0)
+            result[name] = var.sqrt().cpu()
+        return result
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def _broadcast(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -116,11 +219,22 @@ def compute_initial_features(
     with preserved_model_state(model):
         # Drawing batches inside: a shuffling DataLoader consumes the global RNG, which must be left as found.
         batches = take_batches(dataloader, num_batches, "the initial-gradient feature")
-        grads = average_gradients(model, params, batches, get_family(model))
+        statistics = _InputStatistics(model, params)
+        try:
+            grads = average_gradients(model, params, batches, get_family(model))
+        finally:
+            statistics.remove()
     weights = {name: p.param.detach().clone() for name, p in params.items()}
     grads = _broadcast({name: g.contiguous() for name, g in grads.items()})
     weights = _broadcast({name: w.contiguous() for name, w in weights.items()})
-    return InitialFeatures(weights=weights, gradients=grads, layers=layer_contexts(params), num_batches=len(batches))
+    input_std = _broadcast({name: s.contiguous() for name, s in statistics.stds().items()})
+    return InitialFeatures(
+        weights=weights,
+        gradients=grads,
+        layers=layer_contexts(params),
+        num_batches=len(batches),
+        input_std=input_std,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -130,26 +244,29 @@ def compute_initial_features(
 # each layer and adds layer context: that is what lets a predictor trained on one network score another. The same
 # function computes the vectors for score-dataset rows (training) and for a model being pruned.
 
+_NORMALIZED = (
+    "w0_over_std",
+    "abs_w0_over_std",
+    "g0_over_mean_abs",
+    "abs_g0_over_mean_abs",
+    "abs_w0g0_over_mean",
+    "rank_abs_w0",
+    "rank_abs_w0g0",
+    "log_fan_in",
+    "log_fan_out",
+    "relative_depth",
+    "is_conv",
+    "log_numel",
+)
+UNIT_FEATURES = ("input_std_rel", "in_grad_norm_rel", "out_grad_norm_rel")
+
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "paper": ("w0", "g0"),
     "weight": ("w0",),
     "gradient": ("g0",),
-    "default": (
-        "w0_over_std",
-        "abs_w0_over_std",
-        "g0_over_mean_abs",
-        "abs_g0_over_mean_abs",
-        "abs_w0g0_over_mean",
-        "rank_abs_w0",
-        "rank_abs_w0g0",
-        "log_fan_in",
-        "log_fan_out",
-        "relative_depth",
-        "is_conv",
-        "log_numel",
-    ),
+    "normalized": _NORMALIZED,
+    "default": _NORMALIZED + UNIT_FEATURES,
 }
-
 
 def feature_names(feature_set: str) -> tuple[str, ...]:
     """Column names of a feature set; unknown sets raise ``ValueError`` listing the known ones."""
@@ -168,7 +285,11 @@ def _rank01(values: torch.Tensor) -> torch.Tensor:
 
 
 def layer_feature_matrix(
-    w0: torch.Tensor, g0: torch.Tensor, layer: LayerContext, feature_set: str = "default"
+    w0: torch.Tensor,
+    g0: torch.Tensor,
+    layer: LayerContext,
+    feature_set: str = "default",
+    units: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Feature vectors ``(n, F)`` of the ``n`` weights of one tensor.
 
@@ -177,6 +298,8 @@ def layer_feature_matrix(
         g0: Initial gradients, same shape.
         layer: The tensor's layer context.
         feature_set: A key of ``FEATURE_SETS``.
+        units: Per-weight ``unit_in``, ``unit_out`` and ``input_std`` (``InitialFeatures.unit_columns``), needed by
+            the unit features.
     """
     names = feature_names(feature_set)
     w = w0.reshape(-1).float().cpu()
@@ -217,6 +340,15 @@ def layer_feature_matrix(
             value = torch.full((n,), 1.0 if layer.kind == "conv" else 0.0)
         elif name == "log_numel":
             value = torch.full((n,), float(torch.log(torch.tensor(float(layer.numel)))))
+        elif name in UNIT_FEATURES:
+            if units is None:
+                raise ValueError(f"feature {name!r} needs the unit columns (unit_in, unit_out, input_std)")
+            if name == "input_std_rel":
+                value = units["input_std"].float() / (units["input_std"].float().mean() + tiny)
+            else:
+                index = units["unit_in" if name == "in_grad_norm_rel" else "unit_out"].long()
+                norms = torch.zeros(int(index.max()) + 1).index_add_(0, index, g * g).sqrt()
+                value = norms[index] / (norms[index].mean() + tiny)
         else:  # pragma: no cover - guarded by feature_names
             raise ValueError(name)
         cache[name] = value
@@ -228,4 +360,10 @@ def layer_feature_matrix(
 def iter_feature_matrices(features: InitialFeatures, feature_set: str = "default"):  # noqa: ANN201
     """Yield ``(layer, matrix)`` for every prunable tensor of ``features``, one tensor at a time (bounded memory)."""
     for layer in features.layers:
-        yield layer, layer_feature_matrix(features.weights[layer.name], features.gradients[layer.name], layer, feature_set)
+        yield layer, layer_feature_matrix(
+            features.weights[layer.name],
+            features.gradients[layer.name],
+            layer,
+            feature_set,
+            features.unit_columns(layer.name),
+        )

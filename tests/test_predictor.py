@@ -20,9 +20,10 @@ from autos_utils import (
     synthetic_run,
 )
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from autosparse_hf import FEATURE_SCHEMA_VERSION, LayerContext, compute_initial_features
-from autosparse_hf.features import FEATURE_SETS, feature_names, layer_feature_matrix
+from autosparse_hf.features import FEATURE_SETS, feature_names, layer_feature_matrix, unit_indices
 from autosparse_hf.predictor import ARCHITECTURES, AutoSConfig, AutoSModel, load_predictor
 from autosparse_hf.predictor.data import score_table, split_rows
 from autosparse_hf.predictor.losses import pairwise_ranking_loss
@@ -198,9 +199,9 @@ def test_layer_feature_matrix_known_values():
     layer = LayerContext(
         name="conv.weight", kind="conv", fan_in=6, fan_out=5, depth=1, relative_depth=0.5, numel=4, shape=(2, 2)
     )
-    matrix = layer_feature_matrix(w0, g0, layer, "default")
-    assert matrix.shape == (4, len(feature_names("default")))
-    col = dict(zip(feature_names("default"), matrix.T, strict=True))
+    matrix = layer_feature_matrix(w0, g0, layer, "normalized")
+    assert matrix.shape == (4, len(feature_names("normalized")))
+    col = dict(zip(feature_names("normalized"), matrix.T, strict=True))
     std = math.sqrt(7.5)  # population std of (3, -1, -4, 2), mean 0
     expected = {
         "w0_over_std": [3 / std, -1 / std, -4 / std, 2 / std],
@@ -223,7 +224,56 @@ def test_layer_feature_matrix_known_values():
     assert layer_feature_matrix(w0, g0, layer, "paper").tolist() == [[3, 1], [-1, -2], [-4, 0.5], [2, 0.5]]
     assert layer_feature_matrix(w0, g0, layer, "weight").tolist() == [[3], [-1], [-4], [2]]
     linear = LayerContext(**{**layer.to_dict(), "kind": "linear"})
-    assert layer_feature_matrix(w0, g0, linear, "default")[:, feature_names("default").index("is_conv")].eq(0).all()
+    assert layer_feature_matrix(w0, g0, linear, "normalized")[:, feature_names("normalized").index("is_conv")].eq(0).all()
+
+
+def test_unit_features_known_values():
+    """Weight (out=2, in=2): unit_in = column, unit_out = row; norms of g0 per column / row, relative to the mean."""
+    w0 = torch.tensor([[3.0, -1.0], [-4.0, 2.0]])
+    g0 = torch.tensor([[1.0, -2.0], [0.5, 0.5]])
+    layer = LayerContext(
+        name="fc.weight", kind="linear", fan_in=2, fan_out=2, depth=0, relative_depth=0.0, numel=4, shape=(2, 2)
+    )
+    unit_in, unit_out = unit_indices(layer)
+    assert unit_in.tolist() == [0, 1, 0, 1] and unit_out.tolist() == [0, 0, 1, 1]
+    units = {"unit_in": unit_in, "unit_out": unit_out, "input_std": torch.tensor([1.0, 3.0, 1.0, 3.0])}
+    matrix = layer_feature_matrix(w0, g0, layer, "default", units)
+    col = dict(zip(feature_names("default"), matrix.T, strict=True))
+    assert col["input_std_rel"].tolist() == pytest.approx([0.5, 1.5, 0.5, 1.5])
+    cols = [math.sqrt(1.25), math.sqrt(4.25)]  # columns (1, 0.5) and (-2, 0.5)
+    rows = [math.sqrt(5.0), math.sqrt(0.5)]  # rows (1, -2) and (0.5, 0.5)
+    assert col["in_grad_norm_rel"].tolist() == pytest.approx([c / (sum(cols) / 2) for c in cols * 2])
+    assert col["out_grad_norm_rel"].tolist() == pytest.approx(
+        [r / (sum(rows) / 2) for r in (rows[0], rows[0], rows[1], rows[1])]
+    )
+    with pytest.raises(ValueError, match="unit columns"):
+        layer_feature_matrix(w0, g0, layer, "default")
+
+
+def test_unit_indices_for_convolutions_and_transposed_weights():
+    conv = LayerContext(name="c", kind="conv", fan_in=12, fan_out=2, depth=0, relative_depth=0.0, numel=24,
+                        shape=(2, 3, 2, 2))
+    unit_in, unit_out = unit_indices(conv)
+    weight = torch.arange(24).reshape(2, 3, 2, 2)
+    for flat in range(24):
+        o, i = [int(v) for v in (weight == flat).nonzero()[0][:2]]
+        assert (unit_in[flat], unit_out[flat]) == (i, o)
+    gpt2 = LayerContext(name="t", kind="linear", fan_in=3, fan_out=2, depth=0, relative_depth=0.0, numel=6,
+                        shape=(3, 2), transposed=True)
+    unit_in, unit_out = unit_indices(gpt2)
+    assert unit_in.tolist() == [0, 0, 1, 1, 2, 2] and unit_out.tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_input_std_is_the_spread_of_each_input_unit_over_the_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(32, 3) * torch.tensor([0.1, 1.0, 5.0])
+    batches = [{"pixel_values": x[:16], "labels": torch.zeros(16, dtype=torch.long)},
+               {"pixel_values": x[16:], "labels": torch.ones(16, dtype=torch.long)}]
+    features = compute_initial_features(model, batches, 2)
+    assert features.input_std["0.weight"].tolist() == pytest.approx(x.std(0, unbiased=False).tolist(), rel=1e-4)
+    hidden = torch.relu(model[0](x)).detach()
+    assert features.input_std["2.weight"].tolist() == pytest.approx(hidden.std(0, unbiased=False).tolist(), rel=1e-4)
 
 
 def test_score_table_features_equal_prune_time_features(tmp_path):
@@ -240,7 +290,11 @@ def test_score_table_features_equal_prune_time_features(tmp_path):
         assert len(table) == NUM_WEIGHTS
         for layer in prune_time.layers:
             expected = layer_feature_matrix(
-                prune_time.weights[layer.name], prune_time.gradients[layer.name], layer, feature_set
+                prune_time.weights[layer.name],
+                prune_time.gradients[layer.name],
+                layer,
+                feature_set,
+                prune_time.unit_columns(layer.name),
             )
             rows = np.nonzero(table.param_name == layer.name)[0]
             index = np.asarray(loaded.select(rows)["index"])  # position of each row inside the tensor
@@ -347,7 +401,7 @@ def test_pairwise_ranking_loss_orders_and_ignores_other_groups():
 
 
 def test_forward_loss_matches_config():
-    x = torch.randn(16, 12)
+    x = torch.randn(16, AutoSConfig().num_features)
     labels = torch.rand(16)
     mse = AutoSModel(AutoSConfig(loss="mse"))
     out = mse(features=x, labels=labels)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..features import compute_initial_features, layer_feature_matrix
+from ..features import InitialFeatures, compute_initial_features, iter_feature_matrices, layer_contexts
 from .base import Criterion, ScoringContext, register_criterion
 
 
@@ -46,18 +46,14 @@ class AutoSCriterion(Criterion):
         if self.needs_data:
             features = compute_initial_features(context.model, context.dataloader, num_batches, params=context.params)
         else:
-            features = None
+            features = InitialFeatures(
+                weights={n: p.param.detach() for n, p in context.params.items()},
+                gradients={n: torch.zeros_like(p.param) for n, p in context.params.items()},
+                layers=layer_contexts(context.params),
+                num_batches=0,
+            )
         scores = {}
-        for name, p in context.params.items():
-            w0 = p.param.detach()
-            g0 = features.gradients[name] if features is not None else torch.zeros_like(w0)
-            layer = features.layers[p.depth] if features is not None else _layer(context, name)
-            matrix = layer_feature_matrix(w0, g0, layer, config.feature_set)
-            scores[name] = self.model.predict(matrix, self.batch_size).reshape(p.param.shape).to(p.param.device)
+        for layer, matrix in iter_feature_matrices(features, config.feature_set):
+            param = context.params[layer.name].param
+            scores[layer.name] = self.model.predict(matrix, self.batch_size).reshape(param.shape).to(param.device)
         return scores
-
-
-def _layer(context: ScoringContext, name: str):  # noqa: ANN202
-    from ..features import layer_contexts
-
-    return next(layer for layer in layer_contexts(context.params) if layer.name == name)

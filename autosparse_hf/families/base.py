@@ -54,6 +54,7 @@ class PrunableParameter:
         fan_in: Inputs feeding one output unit (``in_features`` x kernel size for convolutions).
         fan_out: Output units (rows or output channels).
         depth: Position among the prunable tensors, 0 for the first.
+        transposed: True when the weight is stored (in, out), as GPT-2's ``Conv1D`` does; else (out, in, ...).
     """
 
     name: str
@@ -63,6 +64,7 @@ class PrunableParameter:
     fan_in: int
     fan_out: int
     depth: int
+    transposed: bool = False
 
 
 def _fans(module: nn.Module, param: torch.Tensor) -> tuple[int, int]:
@@ -124,6 +126,7 @@ def get_prunable_parameters(
             fan_in=fan_in,
             fan_out=fan_out,
             depth=len(result),
+            transposed=type(module).__name__ in PRUNABLE_MODULE_CLASS_NAMES,
         )
     if not result:
         raise ValueError(

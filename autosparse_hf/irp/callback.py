@@ -22,7 +22,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from ..criteria import compute_scores
 from ..families import PrunableParameter, get_prunable_parameters
-from ..features import InitialFeatures, LayerContext, compute_initial_features
+from ..features import InitialFeatures, compute_initial_features, feature_tensors, features_from_tensors
 from ..masks import MaskEnforcer, MaskSet, broadcast_masks, select_masks, zero_pruned_weights
 from ..masks.maskset import atomic_write_dir, commit_dir
 from ..state import restore_state, snapshot_state
@@ -372,8 +372,7 @@ class IRPCallback(TrainerCallback):
                 tensors[f"rewind/{key}"] = value.contiguous().cpu()
         for name in self.cycle_pruned:
             tensors[f"cycle_pruned/{name}"] = self.cycle_pruned[name].contiguous()
-            tensors[f"w0/{name}"] = self.features.weights[name].contiguous().cpu()
-            tensors[f"g0/{name}"] = self.features.gradients[name].contiguous().cpu()
+        tensors.update(feature_tensors(self.features))
         meta = {
             "format_version": STATE_FORMAT_VERSION,
             "config": self.config.to_dict(),
@@ -408,12 +407,7 @@ class IRPCallback(TrainerCallback):
             self.rewind_snapshot = {k[len("rewind/") :]: v for k, v in tensors.items() if k.startswith("rewind/")}
         names = list(self.params or {})
         self.cycle_pruned = {n: tensors[f"cycle_pruned/{n}"] for n in names}
-        self.features = InitialFeatures(
-            weights={n: tensors[f"w0/{n}"] for n in names},
-            gradients={n: tensors[f"g0/{n}"] for n in names},
-            layers=[LayerContext(**{**d, "shape": tuple(d["shape"])}) for d in meta["layers"]],
-            num_batches=meta["feature_num_batches"],
-        )
+        self.features = features_from_tensors(tensors, meta["layers"], meta["feature_num_batches"])
         saved_identity = meta["identity"]
         for key in ("model", "task"):
             if self.identity[key] and saved_identity.get(key) and self.identity[key] != saved_identity[key]:
@@ -462,8 +456,7 @@ class IRPCallback(TrainerCallback):
         record = {}
         for name in self.cycle_pruned:
             record[f"cycle_pruned/{name}"] = self.cycle_pruned[name].contiguous()
-            record[f"w0/{name}"] = self.features.weights[name].contiguous().cpu()
-            record[f"g0/{name}"] = self.features.gradients[name].contiguous().cpu()
+        record.update(feature_tensors(self.features))
         save_file(record, str(tmp / RECORD_FILE))
         self.mask_after(self.config.cycles).save_pretrained(tmp / "final_mask")
         write_cycle_report(info, tmp)

@@ -85,6 +85,7 @@ def score_table(dataset: Dataset, feature_set: str) -> ScoreTable:
     index = _column(table, "index")
     w0 = _column(table, "w0").astype(np.float32)
     g0 = _column(table, "g0").astype(np.float32)
+    unit_columns = {c: _column(table, c) for c in ("unit_in", "unit_out", "input_std")}
     kinds = pc.cast(table.column("layer_kind"), "string").to_numpy(zero_copy_only=False).astype(str)
     ctx = {c: _column(table, c) for c in ("fan_in", "fan_out", "depth", "relative_depth", "numel")}
     from ..features import feature_names
@@ -115,8 +116,9 @@ def score_table(dataset: Dataset, feature_set: str) -> ScoreTable:
             numel=int(ctx["numel"][r]),
             shape=(int(ctx["numel"][r]),),
         )
+        units = {c: torch.from_numpy(np.ascontiguousarray(v[rows])) for c, v in unit_columns.items()}
         matrix[torch.from_numpy(rows)] = layer_feature_matrix(
-            torch.from_numpy(w0[rows]), torch.from_numpy(g0[rows]), layer, feature_set
+            torch.from_numpy(w0[rows]), torch.from_numpy(g0[rows]), layer, feature_set, units
         )
     cycle_pruned = _column(table, "cycle_pruned").astype(np.int32)
     cycles = _column(table, "cycles").astype(np.int32)

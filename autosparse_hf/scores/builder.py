@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset, DatasetInfo
 from safetensors.torch import load_file
 
-from ..features import InitialFeatures, LayerContext
+from ..features import InitialFeatures, features_from_tensors
 from .schema import SCORE_FEATURES, SCORE_SCHEMA_VERSION
 
 
@@ -43,6 +43,8 @@ def build_score_dataset(
     if pruned.min() < 1 or pruned.max() > cycles + 1:
         raise ValueError(f"cycle_pruned values must lie in [1, {cycles + 1}]")
 
+    units = {n: features.unit_columns(n) for n in names}
+
     def per_layer(attr: str, dtype: Any) -> pa.Array:
         return pa.array(np.repeat(np.array([getattr(layer, attr) for layer in layers], dtype=dtype), sizes))
 
@@ -59,6 +61,9 @@ def build_score_dataset(
         "depth": per_layer("depth", np.int32),
         "relative_depth": per_layer("relative_depth", np.float32),
         "numel": per_layer("numel", np.int64),
+        "unit_in": pa.array(np.concatenate([units[n]["unit_in"].numpy().astype(np.int32) for n in names])),
+        "unit_out": pa.array(np.concatenate([units[n]["unit_out"].numpy().astype(np.int32) for n in names])),
+        "input_std": pa.array(np.concatenate([units[n]["input_std"].numpy().astype(np.float32) for n in names])),
         "w0": pa.array(np.concatenate([features.weights[n].reshape(-1).float().cpu().numpy() for n in names])),
         "g0": pa.array(np.concatenate([features.gradients[n].reshape(-1).float().cpu().numpy() for n in names])),
         "cycles": pa.array(np.full(n_rows, cycles, dtype=np.int16)),
@@ -102,12 +107,5 @@ def build_score_dataset_from_run(folder: str | Path) -> Dataset:
             raise FileNotFoundError(f"{folder} is not a finished IRP run folder: {f.name} is missing")
     info = json.loads(run_file.read_text())
     tensors = load_file(str(record_file))
-    layers = [LayerContext(**{**d, "shape": tuple(d["shape"])}) for d in info["layers"]]
-    names = [layer.name for layer in layers]
-    features = InitialFeatures(
-        weights={n: tensors[f"w0/{n}"] for n in names},
-        gradients={n: tensors[f"g0/{n}"] for n in names},
-        layers=layers,
-        num_batches=info["feature_num_batches"],
-    )
-    return build_score_dataset(features, {n: tensors[f"cycle_pruned/{n}"] for n in names}, info)
+    features = features_from_tensors(tensors, info["layers"], info["feature_num_batches"])
+    return build_score_dataset(features, {n: tensors[f"cycle_pruned/{n}"] for n in features.names}, info)

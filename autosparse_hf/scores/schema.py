@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datasets import Features, Value
 
-SCORE_SCHEMA_VERSION = 1
+SCORE_SCHEMA_VERSION = 2
 
 IDENTITY_COLUMNS = ("run_id", "model", "task", "seed")
 LAYER_COLUMNS = ("param_name", "layer_kind", "fan_in", "fan_out", "depth", "relative_depth", "numel")
-FEATURE_COLUMNS = ("w0", "g0")
+FEATURE_COLUMNS = ("w0", "g0", "unit_in", "unit_out", "input_std")
 TARGET_COLUMNS = ("cycles", "cycle_pruned", "survived", "surviving_score")
 
 SCORE_FEATURES = Features(
@@ -28,6 +28,11 @@ SCORE_FEATURES = Features(
         "depth": Value("int32"),
         "relative_depth": Value("float32"),
         "numel": Value("int64"),
+        # The units the weight connects (input feature/channel, output unit/channel) and the spread of the input
+        # unit's activation over the feature batches.
+        "unit_in": Value("int32"),
+        "unit_out": Value("int32"),
+        "input_std": Value("float32"),
         # Features at initialization.
         "w0": Value("float32"),
         "g0": Value("float32"),
