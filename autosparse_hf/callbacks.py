@@ -12,8 +12,8 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .criteria import Criterion
-from .masks import MaskEnforcer, MaskSet, Scope, check_sparsity
-from .pruning import prune_at_init
+from .masks import MaskEnforcer, MaskSet, check_sparsity
+from .pruning import Budget, prune_at_init
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +50,14 @@ class PaICallback(TrainerCallback):
         sparsity: float = 0.9,
         *,
         num_batches: int = 1,
-        scope: Scope = "global",
+        scope: Budget = "auto",
         min_density: float = 0.0,
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         criterion_options: Mapping[str, Any] | None = None,
         dataloader: Iterable[Mapping[str, Any]] | None = None,
         ticket_source: Any = None,
-        budgets: Scope | None = None,
+        budgets: Budget | None = None,
     ) -> None:
         self.criterion = criterion
         self.sparsity = check_sparsity(sparsity)

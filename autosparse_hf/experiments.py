@@ -37,7 +37,10 @@ class PaIGridConfig:
     )
     sparsities: list[float] = field(default_factory=lambda: [0.9], metadata={"help": "Sparsities in [0, 1)."})
     seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": "Model initialization seeds."})
-    scope: str = field(default="global", metadata={"help": "global, uniform or erk."})
+    scope: str = field(
+        default="auto",
+        metadata={"help": "Default layer budgets: auto (the criterion's own, else global), global, uniform, erk, irp."},
+    )
     num_batches: int = field(default=4, metadata={"help": "Batches for data-dependent criteria."})
     task_seed: int = field(default=0, metadata={"help": "Seed of the train/test split."})
     include_dense: bool = field(default=True, metadata={"help": "Also train the unpruned model per seed."})
@@ -51,22 +54,22 @@ class PaIGridConfig:
         for s in self.sparsities:
             check_sparsity(s, "sparsities")
         from .criteria import list_criteria
-        from .masks import SCOPES
+        from .pruning import BUDGETS
 
         methods = [parse_method(c, self.scope) for c in self.criteria]
         unknown = [c for c, _ in methods if c not in list_criteria()]
         if unknown:
             raise ValueError(f"unknown criteria {unknown}; known criteria: {', '.join(list_criteria())}")
-        bad_scopes = [s for _, s in methods if s not in SCOPES]
+        bad_scopes = [s for _, s in methods if s not in BUDGETS]
         if bad_scopes:
-            raise ValueError(f"unknown layer-budget scopes {bad_scopes}; known: {SCOPES}")
+            raise ValueError(f"unknown layer budgets {bad_scopes}; known: {BUDGETS}")
         if any(c.startswith("autos") for c, _ in methods) and not self.predictor:
             raise ValueError("criterion 'autos' needs --predictor (a folder written by recipes/train_autos.py)")
         if any(c == "ticket" or s == "irp" for c, s in methods) and not self.ticket_source:
             raise ValueError("'ticket' and '@irp' need --ticket_source (an IRP run folder or score dataset)")
 
 
-def parse_method(label: str, default_scope: str = "global") -> tuple[str, str]:
+def parse_method(label: str, default_scope: str = "auto") -> tuple[str, str]:
     """A method label -> (criterion, scope).
 
     ``"snip@irp"`` -> ``("snip", "irp")``; ``"snip"`` -> ``("snip", default_scope)``; a variant after ``/`` names

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -11,6 +11,9 @@ from .criteria import Criterion, compute_scores, get_criterion
 from .families import get_prunable_parameters
 from .masks import MaskSet, Scope, broadcast_masks, check_sparsity, select_masks
 from .tickets import load_ticket_source, ticket_metadata
+
+Budget = Literal["auto", "global", "uniform", "erk", "irp"]
+BUDGETS: tuple[str, ...] = ("auto", "global", "uniform", "erk", "irp")
 
 
 def json_safe(value: Any) -> Any:
@@ -32,13 +35,13 @@ def prune_at_init(
     dataloader: Iterable[Mapping[str, Any]] | None = None,
     *,
     num_batches: int = 1,
-    scope: Scope = "global",
+    scope: Budget = "auto",
     min_density: float = 0.0,
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     criterion_options: Mapping[str, Any] | None = None,
     ticket_source: Any = None,
-    budgets: Scope | None = None,
+    budgets: Budget | None = None,
 ) -> MaskSet:
     """Prune ``model`` at initialization with ``criterion`` to ``sparsity``; apply the masks and return them.
 
@@ -53,8 +56,9 @@ def prune_at_init(
         sparsity: Fraction of prunable weights to remove, in [0, 1).
         dataloader: Batches (dicts) for data-dependent criteria (``snip``, ``grasp``); optional otherwise.
         num_batches: Batches used by data-dependent criteria.
-        scope: Layer budgets: ``"global"`` (one threshold, the paper's), ``"uniform"``, ``"erk"``, or ``"irp"`` (the
-            per-layer densities of the IRP ticket of ``ticket_source`` at this sparsity, ranked inside each layer by
+        scope: Layer budgets: ``"auto"`` (the criterion's own, e.g. a learned AutoS budget model, else global),
+            ``"global"`` (one threshold, the paper's), ``"uniform"``, ``"erk"``, or ``"irp"`` (the per-layer
+            densities of the IRP ticket of ``ticket_source`` at this sparsity, ranked inside each layer by
             ``criterion``).
         budgets: Another name for ``scope``.
         ticket_source: IRP run folder or score dataset for ``scope="irp"`` (and the default source of the
@@ -75,32 +79,39 @@ def prune_at_init(
     """
     sparsity = check_sparsity(sparsity)
     if budgets is not None:
-        if scope not in ("global", budgets):
+        if scope not in ("auto", budgets):
             raise ValueError(f"scope={scope!r} and budgets={budgets!r} disagree; give one of them")
         scope = budgets
+    if scope not in BUDGETS:
+        raise ValueError(f"unknown layer budgets {scope!r}; choose one of {BUDGETS}")
     options = dict(criterion_options or {})
     if criterion == "ticket" and ticket_source is not None:
         options.setdefault("source", ticket_source)
     crit = get_criterion(criterion, **options)
     params = get_prunable_parameters(model, include, exclude)
     layer_counts = None
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"budgets": scope}
+    selection: Scope = "global" if scope in ("auto", "irp") else scope  # type: ignore[assignment]
     if scope == "irp":
         if ticket_source is None:
             raise ValueError('scope="irp" needs ticket_source (an IRP run folder or score dataset)')
         source = load_ticket_source(ticket_source)
         source.check_compatible(params, type(model).__name__)
         layer_counts = source.layer_counts(1.0 - sparsity)
-        extra = ticket_metadata(source)
+        extra.update(ticket_metadata(source))
+    elif scope == "auto":
+        layer_counts = crit.layer_counts(params, sparsity)
+    if layer_counts is not None:
+        selection = "counts"
     if crit.name == "ticket":
-        extra = ticket_metadata(crit.ticket_source)  # type: ignore[attr-defined]
+        extra.update(ticket_metadata(crit.ticket_source))  # type: ignore[attr-defined]
     scores = compute_scores(
         model, crit, dataloader=dataloader, num_batches=num_batches, sparsity=sparsity, params=params
     )
     masks = select_masks(
         scores,
         sparsity,
-        scope=scope,
+        scope=selection,
         min_density=min_density,
         layer_counts=layer_counts,
         metadata={

@@ -52,6 +52,11 @@ class Criterion:
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def layer_counts(self, params: dict[str, PrunableParameter], sparsity: float) -> dict[str, int] | None:
+        """Kept weights per tensor this criterion wants at ``sparsity`` (its own layer budgets), or ``None`` to
+        leave the split to the selection scope. Used when pruning with ``scope="auto"``."""
+        return None
+
 
 _CRITERIA: dict[str, type[Criterion]] = {}
 

@@ -63,11 +63,11 @@ class IRPConfig:
         if self.feature_num_batches < 1 or self.criterion_num_batches < 1:
             raise ValueError("feature_num_batches and criterion_num_batches must be >= 1")
         from ..criteria import get_criterion
-        from ..masks import SCOPES
+        from ..masks import SCORE_SCOPES
 
         get_criterion(self.criterion)  # unknown names fail here, listing the known ones
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.scope not in SCORE_SCOPES:
+            raise ValueError(f"scope must be one of {SCORE_SCOPES}, got {self.scope!r}")
 
     @property
     def training_cycles(self) -> int:

@@ -11,8 +11,9 @@ scope.
 - ``erk``: Erdos-Renyi-Kernel budgets (Evci et al. 2020, "Rigging the lottery", arXiv 1911.11134): density of a
   tensor proportional to ``sum(shape) / prod(shape)``, capped at 1; key ``(r + 0.5) / sum(shape)``.
 
-- ``irp``: explicit per-tensor counts (``layer_counts``), e.g. the per-layer densities of an IRP ticket
-  (``autosparse_hf.tickets``); key = rank inside the tensor for the ``count`` best weights, +inf for the rest.
+- ``counts``: explicit per-tensor counts (``layer_counts``), e.g. the per-layer densities of an IRP ticket
+  (``autosparse_hf.tickets``) or of a learned budget model; key = rank inside the tensor for the ``count`` best
+  weights, +inf for the rest.
 
 ``min_density`` keeps at least ``ceil(min_density * n)`` weights of every tensor (against layer collapse) and an
 ``existing`` mask is never revived: its pruned weights get key +inf and ``k`` may not exceed its kept count.
@@ -28,8 +29,10 @@ import torch
 
 from .maskset import MaskSet
 
-Scope = Literal["global", "uniform", "erk", "irp"]
-SCOPES: tuple[str, ...] = ("global", "uniform", "erk", "irp")
+Scope = Literal["global", "uniform", "erk", "counts"]
+SCOPES: tuple[str, ...] = ("global", "uniform", "erk", "counts")
+# Scopes that need nothing but the scores (IRP prunes with these).
+SCORE_SCOPES: tuple[str, ...] = ("global", "uniform", "erk")
 
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
@@ -74,12 +77,12 @@ def select_masks(
     Args:
         scores: Higher is more important; one tensor per parameter, shaped like it.
         sparsity: Fraction of all scored weights to remove, in [0, 1).
-        scope: ``"global"`` (one threshold), ``"uniform"`` (same density per tensor) or ``"erk"``.
+        scope: ``"global"`` (one threshold), ``"uniform"`` (same density per tensor), ``"erk"`` or ``"counts"``.
         min_density: Every tensor keeps at least this fraction of its weights (rounded up).
         existing: A mask to prune further; its pruned weights stay pruned.
         metadata: Stored in the returned MaskSet.
-        layer_counts: Kept weights per tensor, required by (and only used with) ``scope="irp"``; they must sum to
-            the kept total of ``sparsity``.
+        layer_counts: Kept weights per tensor, required by (and only used with) ``scope="counts"``; they must sum
+            to the kept total of ``sparsity``.
 
     Raises:
         ValueError: on a sparsity outside [0, 1), an unknown scope, NaN/inf scores (naming the parameter), a
@@ -100,11 +103,11 @@ def select_masks(
             raise ValueError(f"existing mask lacks parameters {missing}")
     total = sum(scores[n].numel() for n in names)
     k = num_to_keep(total, sparsity)
-    if scope == "irp":
+    if scope == "counts":
         if min_density:
-            raise ValueError('min_density does not apply to scope="irp": the layer counts are given')
+            raise ValueError('min_density does not apply to scope="counts": the layer counts are given')
         if layer_counts is None:
-            raise ValueError('scope="irp" needs layer_counts (per-tensor kept counts, e.g. from an IRP ticket)')
+            raise ValueError('scope="counts" needs layer_counts (per-tensor kept counts, e.g. from an IRP ticket)')
         missing = [n for n in names if n not in layer_counts]
         if missing:
             raise ValueError(f"layer_counts lacks tensors {missing}")
@@ -132,7 +135,7 @@ def select_masks(
         rank[order] = torch.arange(order.numel())
         if scope == "global":
             key = -flat
-        elif scope == "irp":
+        elif scope == "counts":
             count = int(layer_counts[name])  # type: ignore[index]
             if count > n_alive:
                 raise ValueError(f"layer_counts asks {count} weights of {name!r}, which has only {n_alive} unpruned")
