@@ -233,11 +233,13 @@ def test_check_compatible_reports_expected_names_that_are_not_masked():
     masks.check_compatible(model, expected_names=["0.weight"])
 
 
-def test_enforcer_masks_gradients_and_weights():
+@pytest.mark.parametrize("gradient_hooks", [True, False])
+def test_enforcer_masks_gradients_and_weights(gradient_hooks):
     model = tiny_model()
     masks = MaskSet({"0.weight": torch.rand(2, 4) < 0.5, "2.weight": torch.tensor([[True, False], [True, True]])})
     masks.apply(model)
-    enforcer = MaskEnforcer(model, masks)
+    enforcer = MaskEnforcer(model, masks, gradient_hooks=gradient_hooks)
+    assert enforcer.uses_hooks == gradient_hooks
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
     for _ in range(3):
         optimizer.zero_grad()
@@ -253,3 +255,26 @@ def test_enforcer_masks_gradients_and_weights():
         assert not params[name][~mask].any()
         assert not optimizer.state[params[name]]["momentum_buffer"][~mask].any()
         assert params[name][mask].all()  # kept weights are still alive
+
+
+def test_enforcer_keeps_weights_zero_against_stale_optimizer_state():
+    """Masking gradients is not enough when the optimizer already has momentum (pruning after some training)."""
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(2):  # unmasked steps populate non-zero momentum buffers
+        optimizer.zero_grad()
+        model(torch.randn(5, 4)).pow(2).sum().backward()
+        optimizer.step()
+    masks = MaskSet({"0.weight": torch.rand(2, 4) < 0.5, "2.weight": torch.tensor([[True, False], [False, True]])})
+    masks.apply(model)
+    enforcer = MaskEnforcer(model, masks)
+    params = dict(model.named_parameters())
+    assert any(optimizer.state[params[n]]["momentum_buffer"][~m].any() for n, m in masks.items())
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(5, 4)).pow(2).sum().backward()
+        enforcer.mask_gradients()
+        optimizer.step()
+        enforcer.zero_weights()
+        for name, mask in masks.items():
+            assert not params[name][~mask].any()
