@@ -15,6 +15,7 @@ keep weights), and these are its cheapest init-time signals.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -367,3 +368,9 @@ def iter_feature_matrices(features: InitialFeatures, feature_set: str = "default
             feature_set,
             features.unit_columns(layer.name),
         )
+
+
+def with_density(features: torch.Tensor, density: float) -> torch.Tensor:
+    """Append the input of the density-conditioned (membership) target: ``log(density)`` for every row."""
+    column = torch.full((features.shape[0], 1), float(math.log(density)), dtype=features.dtype)
+    return torch.cat([features, column], dim=1)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..features import InitialFeatures, compute_initial_features, iter_feature_matrices, layer_contexts
+from ..features import InitialFeatures, compute_initial_features, iter_feature_matrices, layer_contexts, with_density
 from .base import Criterion, ScoringContext, register_criterion
 
 
@@ -54,6 +54,33 @@ class AutoSCriterion(Criterion):
             )
         scores = {}
         for layer, matrix in iter_feature_matrices(features, config.feature_set):
+            if config.target == "membership":
+                # "Is this weight in the ticket at the density we prune to?"
+                matrix = with_density(matrix, max(1.0 - context.sparsity, 1e-6))
             param = context.params[layer.name].param
             scores[layer.name] = self.model.predict(matrix, self.batch_size).reshape(param.shape).to(param.device)
         return scores
+
+    def layer_counts(self, params: dict[str, Any], sparsity: float) -> dict[str, int] | None:
+        """The predictor's learned layer budgets at ``sparsity``, when it has a budget model."""
+        budget_model = self.model.config.budget_model
+        if not budget_model:
+            return None
+        from ..predictor.budgets import predict_layer_counts
+
+        return predict_layer_counts(budget_model, layer_contexts(params), 1.0 - sparsity)
+
+
+@register_criterion
+@dataclass
+class AutoSPaperCriterion(AutoSCriterion):
+    """The paper-faithful AutoS criterion: the predictor's scores under one global threshold, no layer budgets.
+
+    Use it with a predictor trained the paper's way (``feature_set="paper"``: raw ``w0`` and ``g0``; target the
+    surviving score; MSE) to reproduce AutoSparse (arXiv 2408.14757) as published.
+    """
+
+    name = "autos_paper"
+
+    def layer_counts(self, params: dict[str, Any], sparsity: float) -> dict[str, int] | None:
+        return None

@@ -10,7 +10,8 @@ from transformers import PretrainedConfig
 from ..features import FEATURE_SCHEMA_VERSION, feature_names
 
 ARCHITECTURES: tuple[str, ...] = ("mlp", "paper_fc", "paper_resnet18")
-LOSSES: tuple[str, ...] = ("mse", "ranking")
+LOSSES: tuple[str, ...] = ("mse", "bce", "ranking")
+TARGETS: tuple[str, ...] = ("survival", "membership")
 
 
 class AutoSConfig(PretrainedConfig):
@@ -31,7 +32,13 @@ class AutoSConfig(PretrainedConfig):
         feature_schema_version: Version of the feature code the predictor was trained with.
         hidden_sizes: Hidden widths of the ``mlp`` architecture.
         feature_mean / feature_std: Per-feature standardization fitted on the training rows.
-        loss: ``"mse"`` on the surviving score (paper) or ``"ranking"`` (pairwise logistic loss within a layer).
+        loss: ``"mse"`` on the target (paper), ``"bce"`` (membership target) or ``"ranking"`` (pairwise logistic
+            loss within a layer).
+        target: ``"survival"``: the surviving score, cycles survived / cycles (paper). ``"membership"``: whether the
+            weight is in the IRP mask at a given density; the log of the target density is one more input, so the
+            predictor answers "is this weight in the ticket at the density I am pruning to".
+        budget_model: A fitted layer-budget model (``predictor.budgets.fit_budget_model``) or ``None``; when set,
+            pruning with ``scope="auto"`` splits the kept weights between tensors with it.
         feature_num_batches: Batches the initial gradient ``g0`` averages over at prune time.
         training_sources: Run ids of the score datasets it was trained on.
     """
@@ -49,12 +56,19 @@ class AutoSConfig(PretrainedConfig):
         loss: str = "mse",
         feature_num_batches: int = 4,
         training_sources: Sequence[str] = (),
+        target: str = "survival",
+        budget_model: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}")
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
+        if (target, loss) in (("survival", "bce"), ("membership", "mse")):
+            raise ValueError(f"loss {loss!r} does not fit target {target!r} (survival: mse or ranking; "
+                             "membership: bce or ranking)")
         names = feature_names(feature_set)
         if architecture.startswith("paper") and feature_set not in ("paper", "weight", "gradient", "default"):
             raise ValueError(f"feature set {feature_set!r} is not usable with {architecture}")
@@ -63,10 +77,17 @@ class AutoSConfig(PretrainedConfig):
         self.feature_schema_version = int(feature_schema_version)
         self.hidden_sizes = [int(h) for h in hidden_sizes]
         self.num_features = len(names)
-        self.feature_mean = list(feature_mean) if feature_mean is not None else [0.0] * len(names)
-        self.feature_std = list(feature_std) if feature_std is not None else [1.0] * len(names)
-        if len(self.feature_mean) != len(names) or len(self.feature_std) != len(names):
-            raise ValueError(f"feature_mean/feature_std need {len(names)} values for feature set {feature_set!r}")
+        self.target = target
+        # Inputs: the feature vector, plus log(density) for the membership target.
+        self.num_inputs = len(names) + (1 if target == "membership" else 0)
+        self.feature_mean = list(feature_mean) if feature_mean is not None else [0.0] * self.num_inputs
+        self.feature_std = list(feature_std) if feature_std is not None else [1.0] * self.num_inputs
+        if len(self.feature_mean) != self.num_inputs or len(self.feature_std) != self.num_inputs:
+            raise ValueError(
+                f"feature_mean/feature_std need {self.num_inputs} values for feature set {feature_set!r} "
+                f"and target {target!r}"
+            )
+        self.budget_model = budget_model
         self.loss = loss
         self.feature_num_batches = int(feature_num_batches)
         self.training_sources = list(training_sources)

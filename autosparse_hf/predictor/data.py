@@ -38,6 +38,18 @@ class ScoreTable:
     w0: np.ndarray
     g0: np.ndarray
     densities: dict[str, list[float]]
+    layers: dict[str, list[LayerContext]] | None = None
+
+    def budget_runs(self) -> list[tuple[list[LayerContext], dict[str, np.ndarray]]]:
+        """Per run present in these rows: its tensors (all of them) and their ``cycle_pruned`` arrays."""
+        runs = []
+        for rid in dict.fromkeys(self.run_id.tolist()):
+            in_run = self.run_id == rid
+            layers = (self.layers or {}).get(rid, [])
+            records = {layer.name: self.cycle_pruned[in_run & (self.param_name == layer.name)] for layer in layers}
+            if layers and all(len(records[layer.name]) == layer.numel for layer in layers):
+                runs.append((layers, records))
+        return runs
 
     def survivors_at(self, density: float) -> np.ndarray:
         """Rows that survive IRP at the cycle whose global density (in their run) is nearest ``density``."""
@@ -63,6 +75,7 @@ class ScoreTable:
             w0=self.w0[rows],
             g0=self.g0[rows],
             densities=self.densities,
+            layers=self.layers,
         )
 
 
@@ -91,6 +104,7 @@ def score_table(dataset: Dataset, feature_set: str) -> ScoreTable:
     from ..features import feature_names
 
     matrix = torch.empty(len(w0), len(feature_names(feature_set)), dtype=torch.float32)
+    run_layers: dict[str, list[LayerContext]] = {}
     order = np.argsort(group, kind="stable")
     bounds = np.searchsorted(group[order], np.arange(len(first) + 1))
     for g in range(len(first)):
@@ -116,6 +130,7 @@ def score_table(dataset: Dataset, feature_set: str) -> ScoreTable:
             numel=int(ctx["numel"][r]),
             shape=(int(ctx["numel"][r]),),
         )
+        run_layers.setdefault(str(run_id[r]), []).append(layer)
         units = {c: torch.from_numpy(np.ascontiguousarray(v[rows])) for c, v in unit_columns.items()}
         matrix[torch.from_numpy(rows)] = layer_feature_matrix(
             torch.from_numpy(w0[rows]), torch.from_numpy(g0[rows]), layer, feature_set, units
@@ -138,6 +153,7 @@ def score_table(dataset: Dataset, feature_set: str) -> ScoreTable:
         w0=w0,
         g0=g0,
         densities=densities,
+        layers={rid: sorted(layers, key=lambda layer: layer.depth) for rid, layers in run_layers.items()},
     )
 
 

@@ -74,7 +74,7 @@ class AutoSModel(PreTrainedModel):
 
     def __init__(self, config: AutoSConfig) -> None:
         super().__init__(config)
-        f = config.num_features
+        f = config.num_inputs
         if config.architecture == "mlp":
             self.net = _mlp([f, *config.hidden_sizes, 1])
         elif config.architecture == "paper_fc":
@@ -102,16 +102,27 @@ class AutoSModel(PreTrainedModel):
         features: torch.Tensor,
         labels: torch.Tensor | None = None,
         group: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
         **kwargs,  # noqa: ANN003 - the Trainer may pass extra keys
     ) -> AutoSOutput:
+        """Scores of the rows of ``features`` (``(n, num_inputs)``); with ``labels``, the loss.
+
+        ``group`` (tensor id per row) restricts ranking pairs to one tensor; ``weight`` weights rows in the loss
+        (e.g. so that every tensor counts alike).
+        """
         x = (features.float() - self.feature_mean) / self.feature_std
         scores = self.net(x).squeeze(-1)
         loss = None
         if labels is not None:
-            if self.config.loss == "mse":
-                loss = nn.functional.mse_loss(scores, labels.float())
+            labels = labels.float()
+            if self.config.loss == "ranking":
+                loss = pairwise_ranking_loss(scores, labels, group)
             else:
-                loss = pairwise_ranking_loss(scores, labels.float(), group)
+                if self.config.loss == "mse":
+                    per_row = (scores - labels) ** 2
+                else:
+                    per_row = nn.functional.binary_cross_entropy_with_logits(scores, labels, reduction="none")
+                loss = (per_row * weight).sum() / weight.sum() if weight is not None else per_row.mean()
         return AutoSOutput(loss=loss, scores=scores)
 
     @torch.no_grad()

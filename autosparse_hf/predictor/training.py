@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
-from ..features import feature_names
+from ..features import feature_names, with_density
 from ..scores import load_score_datasets
-from .configuration import ARCHITECTURES, LOSSES, AutoSConfig
+from .budgets import fit_budget_model
+from .configuration import ARCHITECTURES, LOSSES, TARGETS, AutoSConfig
 from .data import ScoreTable, score_table, split_rows
 from .metrics import DEFAULT_DENSITIES, ranking_metrics
 from .modeling import AutoSModel
@@ -34,7 +35,19 @@ class AutoSTrainingArguments:
     architecture: str = field(default="mlp", metadata={"help": "mlp, paper_fc or paper_resnet18."})
     feature_set: str = field(default="default", metadata={"help": "default, paper, weight or gradient."})
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "Hidden widths (mlp)."})
-    loss: str = field(default="mse", metadata={"help": "mse (paper) or ranking (pairwise, within a tensor)."})
+    loss: str = field(
+        default="mse", metadata={"help": "mse (survival, paper), bce (membership) or ranking (pairwise, in a tensor)."}
+    )
+    target: str = field(
+        default="survival",
+        metadata={"help": "survival (cycles survived / cycles, paper) or membership (in the IRP mask at density d)."},
+    )
+    budgets: str = field(
+        default="none", metadata={"help": "none (selection decides) or learned (fit a layer-budget model on IRP)."}
+    )
+    samples_per_row: int = field(default=4, metadata={"help": "Membership target: densities sampled per weight."})
+    balance_layers: bool = field(default=False, metadata={"help": "Weight rows so every tensor counts alike."})
+    budget_ridge: float = field(default=1e-2, metadata={"help": "Ridge penalty of the layer-budget model."})
     epochs: float = field(default=10.0, metadata={"help": "Epochs over the training rows."})
     batch_size: int = field(default=4096, metadata={"help": "Rows per optimizer step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
@@ -51,6 +64,12 @@ class AutoSTrainingArguments:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; choose one of {TARGETS}")
+        if self.budgets not in ("none", "learned"):
+            raise ValueError(f"budgets must be none or learned, got {self.budgets!r}")
+        if self.samples_per_row < 1:
+            raise ValueError(f"samples_per_row must be >= 1, got {self.samples_per_row}")
         feature_names(self.feature_set)
         if self.eval_split not in ("auto", "runs", "layers"):
             raise ValueError(f"eval_split must be auto, runs or layers, got {self.eval_split!r}")
@@ -64,12 +83,10 @@ class ChunkDataset(torch.utils.data.Dataset):
     Collating row by row would dominate the cost for millions of rows; the Trainer shuffles the chunks each epoch.
     """
 
-    def __init__(self, table: ScoreTable, batch_size: int, shuffle: bool, seed: int) -> None:
-        n = len(table)
+    def __init__(self, examples: TrainingExamples, batch_size: int, shuffle: bool, seed: int) -> None:
+        n = len(examples.labels)
         order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-        self.features = table.features
-        self.labels = torch.from_numpy(table.surviving_score)
-        self.group = torch.from_numpy(table.group)
+        self.examples = examples
         starts = list(range(0, n, batch_size))
         if len(starts) > 1 and n - starts[-1] == 1:
             # A one-row batch breaks batch norm in training mode (paper_fc, paper_resnet18): fold it into the previous.
@@ -82,7 +99,66 @@ class ChunkDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rows = self.chunks[i]
-        return {"features": self.features[rows], "labels": self.labels[rows], "group": self.group[rows]}
+        e = self.examples
+        return {"features": e.features[rows], "labels": e.labels[rows], "group": e.group[rows], "weight": e.weight[rows]}
+
+
+@dataclass
+class TrainingExamples:
+    """Inputs, labels, tensor ids and loss weights of the training examples."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    group: torch.Tensor
+    weight: torch.Tensor
+
+
+def _layer_weights(group: np.ndarray, balance: bool) -> torch.Tensor:
+    if not balance:
+        return torch.ones(len(group))
+    counts = np.bincount(group)
+    weight = 1.0 / counts[group]
+    return torch.from_numpy((weight / weight.mean()).astype(np.float32))
+
+
+def survival_examples(table: ScoreTable, balance_layers: bool = False) -> TrainingExamples:
+    """One example per weight: its features and surviving score (the paper's target)."""
+    return TrainingExamples(
+        features=table.features,
+        labels=torch.from_numpy(table.surviving_score),
+        group=torch.from_numpy(table.group),
+        weight=_layer_weights(table.group, balance_layers),
+    )
+
+
+def membership_examples(
+    table: ScoreTable, samples_per_row: int, seed: int, balance_layers: bool = True
+) -> TrainingExamples:
+    """``samples_per_row`` examples per weight: (features, log d_c) -> is the weight in the IRP mask after cycle c.
+
+    Cycles are drawn with probability proportional to ``d_c ** -0.5`` (d_c: the run's density after cycle c), so
+    the high sparsities that decide accuracy are seen more often than the nearly dense first cycles.
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(len(table)), samples_per_row)
+    cycle = np.empty(len(rows), dtype=np.int64)
+    log_density = np.empty(len(rows), dtype=np.float32)
+    for rid, dens in table.densities.items():
+        in_run = np.nonzero(table.run_id[rows] == rid)[0]
+        densities = np.asarray(dens[1:], dtype=np.float64)  # after cycles 1..E
+        p = densities**-0.5
+        picked = rng.choice(len(densities), size=len(in_run), p=p / p.sum()) + 1
+        cycle[in_run] = picked
+        log_density[in_run] = np.log(np.asarray(dens)[picked]).astype(np.float32)
+    labels = (table.cycle_pruned[rows] > cycle).astype(np.float32)
+    features = torch.cat([table.features[torch.from_numpy(rows)], torch.from_numpy(log_density)[:, None]], dim=1)
+    group = table.group[rows]
+    return TrainingExamples(
+        features=features,
+        labels=torch.from_numpy(labels),
+        group=torch.from_numpy(group),
+        weight=_layer_weights(group, balance_layers),
+    )
 
 
 def _single_chunk(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -95,10 +171,22 @@ def baseline_scores(table: ScoreTable) -> dict[str, np.ndarray]:
 
 
 def evaluate_predictor(model: AutoSModel, table: ScoreTable) -> dict[str, float]:
-    """Held-out metrics of ``model`` next to the magnitude and SNIP baselines."""
-    predictions = model.predict(table.features).numpy()
+    """Held-out metrics of ``model`` next to the magnitude and SNIP baselines.
+
+    A membership predictor is asked at each density for the overlap there, and at 5% for the Spearman correlation.
+    """
     survivors = {d: table.survivors_at(d) for d in DEFAULT_DENSITIES}
-    return ranking_metrics(predictions, table.surviving_score, survivors, baseline_scores(table))
+    if model.config.target == "survival":
+        predictions = model.predict(table.features).numpy()
+        return ranking_metrics(predictions, table.surviving_score, survivors, baseline_scores(table))
+    result = ranking_metrics(
+        model.predict(with_density(table.features, 0.05)).numpy(), table.surviving_score, {}, baseline_scores(table)
+    )
+    for d, rows in survivors.items():
+        at_d = ranking_metrics(model.predict(with_density(table.features, d)).numpy(), table.surviving_score,
+                               {d: rows}, baseline_scores(table))
+        result.update({k: v for k, v in at_d.items() if "overlap" in k})
+    return result
 
 
 def train_autos(args: AutoSTrainingArguments) -> tuple[AutoSModel, dict[str, Any]]:
@@ -116,16 +204,29 @@ def train_autos(args: AutoSTrainingArguments) -> tuple[AutoSModel, dict[str, Any
         train_rows = np.sort(rng.choice(train_rows, args.max_train_rows, replace=False))
     train, held = table.subset(train_rows), table.subset(eval_rows)
     feature_num_batches = _feature_num_batches(dataset)
+    budget_model = None
+    if args.budgets == "learned":
+        # Fitted on whole runs of the training side (every tensor of them): budgets are per-tensor facts.
+        train_runs = sorted(set(train.run_id.tolist()))
+        budget_model = fit_budget_model(
+            table.subset(np.nonzero(np.isin(table.run_id, train_runs))[0]).budget_runs(), ridge=args.budget_ridge
+        )
     config = AutoSConfig(
         architecture=args.architecture,
         feature_set=args.feature_set,
         hidden_sizes=args.hidden_sizes,
         loss=args.loss,
+        target=args.target,
+        budget_model=budget_model,
         feature_num_batches=feature_num_batches,
         training_sources=sorted(set(train.run_id.tolist())),
     )
+    if args.target == "membership":
+        examples = membership_examples(train, args.samples_per_row, args.seed, args.balance_layers)
+    else:
+        examples = survival_examples(train, args.balance_layers)
     model = AutoSModel(config)
-    model.set_feature_statistics(train.features.mean(0), train.features.std(0))
+    model.set_feature_statistics(examples.features.mean(0), examples.features.std(0))
     training_args = TrainingArguments(
         output_dir=args.output_dir,
         num_train_epochs=args.epochs,
@@ -135,7 +236,7 @@ def train_autos(args: AutoSTrainingArguments) -> tuple[AutoSModel, dict[str, Any
         optim="adamw_torch",
         weight_decay=0.0,
         lr_scheduler_type="constant",
-        logging_steps=max(1, len(train) // args.batch_size // 4),
+        logging_steps=max(1, len(examples.labels) // args.batch_size // 4),
         save_strategy="no",
         eval_strategy="no",
         report_to=[],
@@ -148,7 +249,7 @@ def train_autos(args: AutoSTrainingArguments) -> tuple[AutoSModel, dict[str, Any
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=ChunkDataset(train, args.batch_size, shuffle=True, seed=args.seed),
+        train_dataset=ChunkDataset(examples, args.batch_size, shuffle=True, seed=args.seed),
         data_collator=_single_chunk,
     )
     trainer.train()
@@ -160,6 +261,7 @@ def train_autos(args: AutoSTrainingArguments) -> tuple[AutoSModel, dict[str, Any
         "eval_runs": sorted(set(held.run_id.tolist())),
         "eval_tensors": sorted(set(held.param_name.tolist())),
         "metrics": evaluate_predictor(model, held),
+        "budget_model": budget_model,
         "arguments": asdict(args),
         "loss_history": [
             {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e
