@@ -20,7 +20,36 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_MASK_DIR = "pai_masks"
 
 
-class PaICallback(TrainerCallback):
+class MaskEnforcingCallback(TrainerCallback):
+    """Base of the pruning callbacks: holds one ``MaskEnforcer`` and keeps its mask in force every step.
+
+    Gradients of pruned weights are masked during backward (hooks) and, after every optimizer step, pruned weights
+    are re-zeroed; :meth:`enforce` swaps the mask (IRP does each cycle) and the hooks end with training.
+    """
+
+    def __init__(self) -> None:
+        self.enforcer: MaskEnforcer | None = None
+
+    def enforce(self, model: nn.Module, masks: MaskSet) -> None:
+        """Put ``masks`` in force on ``model`` from now on (replacing any previous mask's hooks)."""
+        if self.enforcer is not None:
+            self.enforcer.remove()
+        self.enforcer = MaskEnforcer(model, masks)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
+        if self.enforcer is not None:
+            self.enforcer.mask_gradients()
+
+    def on_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
+        if self.enforcer is not None:
+            self.enforcer.zero_weights()
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
+        if self.enforcer is not None:
+            self.enforcer.remove()  # the hooks must not outlive training (the model may be fine-tuned densely later)
+
+
+class PaICallback(MaskEnforcingCallback):
     """Prune at initialization when training begins, then keep pruned weights exactly zero.
 
     At ``on_train_begin`` the model is scored with ``criterion`` on batches of the Trainer's training dataloader (or
@@ -67,11 +96,11 @@ class PaICallback(TrainerCallback):
         self.include = include
         self.exclude = exclude
         self.criterion_options = dict(criterion_options or {})
+        super().__init__()
         self.dataloader = dataloader
         self.ticket_source = ticket_source
         self.budgets = budgets
         self.masks: MaskSet | None = None
-        self.enforcer: MaskEnforcer | None = None
 
     def compute_masks(self, model: nn.Module, dataloader: Iterable[Mapping[str, Any]] | None) -> MaskSet:
         """Score, select and apply the masks (override to prune differently, as ``AutoSCallback`` does)."""
@@ -101,22 +130,8 @@ class PaICallback(TrainerCallback):
             self.masks.apply(model)
         else:
             self.masks = self.compute_masks(model, self.dataloader or kwargs.get("train_dataloader"))
-        if self.enforcer is not None:
-            self.enforcer.remove()
-        self.enforcer = MaskEnforcer(model, self.masks)
+        self.enforce(model, self.masks)
         logger.info("pruned %s to sparsity %.6f", type(model).__name__, self.masks.sparsity)
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
-        if self.enforcer is not None:
-            self.enforcer.mask_gradients()
-
-    def on_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
-        if self.enforcer is not None:
-            self.enforcer.zero_weights()
-
-    def on_train_end(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
-        if self.enforcer is not None:
-            self.enforcer.remove()  # the hooks must not outlive training (the model may be fine-tuned densely later)
 
     def on_log(self, args, state, control, logs: dict[str, float] | None = None, **kwargs) -> None:  # noqa: ANN001
         if logs is not None and self.masks is not None:

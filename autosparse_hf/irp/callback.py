@@ -18,12 +18,13 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments, get_scheduler
+from transformers import TrainerControl, TrainerState, TrainingArguments, get_scheduler
 
+from ..callbacks import MaskEnforcingCallback
 from ..criteria import compute_scores
 from ..families import PrunableParameter, get_prunable_parameters
 from ..features import InitialFeatures, compute_initial_features, feature_tensors, features_from_tensors
-from ..masks import MaskEnforcer, MaskSet, broadcast_masks, select_masks, zero_pruned_weights
+from ..masks import MaskSet, broadcast_masks, select_masks, zero_pruned_weights
 from ..masks.maskset import atomic_write_dir, commit_dir
 from ..state import restore_state, snapshot_state
 from .config import IRPConfig
@@ -46,7 +47,7 @@ def _unwrap_scheduler(scheduler: Any) -> Any:
     return getattr(scheduler, "scheduler", scheduler)
 
 
-class IRPCallback(TrainerCallback):
+class IRPCallback(MaskEnforcingCallback):
     r"""Iterative rewind pruning (lottery tickets) as a Trainer callback, recording every weight's survival.
 
     Add it to any ``Trainer`` and call ``trainer.train()`` once; the Trainer's length must be the number of
@@ -84,6 +85,7 @@ class IRPCallback(TrainerCallback):
         run_id: str | None = None,
         **overrides: Any,
     ) -> None:
+        super().__init__()
         base = asdict(config) if config is not None else {}
         base.update(overrides)
         self.config = IRPConfig(**base)
@@ -97,7 +99,6 @@ class IRPCallback(TrainerCallback):
         self.cycle_ends: list[int] = []
         self.init_snapshot: dict[str, torch.Tensor] = {}
         self.rewind_snapshot: dict[str, torch.Tensor] | None = None
-        self.enforcer: MaskEnforcer | None = None
         self.finished = False
         self._pending_end = False
         self._overhead_seconds = 0.0
@@ -243,16 +244,8 @@ class IRPCallback(TrainerCallback):
             self.history = []
             self.finished = False
         self._install_cyclic_schedule(args, kwargs["optimizer"], kwargs["lr_scheduler"])
-        self._enforce(model, self.masks)
+        self.enforce(model, self.masks)
         self._overhead_seconds += time.perf_counter() - start
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
-        if self.enforcer is not None:
-            self.enforcer.mask_gradients()
-
-    def on_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
-        if self.enforcer is not None:
-            self.enforcer.zero_weights()
 
     def on_step_end(self, args, state, control, **kwargs) -> TrainerControl:  # noqa: ANN001
         if self.config.rewind_step and self.cycle == 1 and state.global_step == self.config.rewind_step:
@@ -281,8 +274,7 @@ class IRPCallback(TrainerCallback):
             self._save_checkpoint_state(folder)
 
     def on_train_end(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
-        if self.enforcer is not None:
-            self.enforcer.remove()
+        super().on_train_end(args, state, control, **kwargs)
         if not self.finished:
             logger.warning("IRP stopped before its last cycle (step %d); outputs not written", state.global_step)
             return
@@ -339,11 +331,6 @@ class IRPCallback(TrainerCallback):
             self._rewind(model, kwargs["optimizer"], kwargs["lr_scheduler"])
         self._overhead_seconds += time.perf_counter() - start
 
-    def _enforce(self, model: nn.Module, masks: MaskSet) -> None:
-        if self.enforcer is not None:
-            self.enforcer.remove()  # one set of gradient hooks at a time
-        self.enforcer = MaskEnforcer(model, masks)
-
     def _rewind(self, model: nn.Module, optimizer: Any, lr_scheduler: Any) -> None:
         """Rewind weights, buffers, optimizer state and schedule; then enforce the new mask."""
         snapshot = self.rewind_snapshot if self.config.rewind_step else self.init_snapshot
@@ -354,7 +341,7 @@ class IRPCallback(TrainerCallback):
         zero_pruned_weights(model, masks)
         _unwrap_optimizer(optimizer).state.clear()  # momentum, Adam moments and step counts start over
         self._reset_lrs(optimizer, lr_scheduler)
-        self._enforce(model, masks)
+        self.enforce(model, masks)
 
     # ----------------------------------------------------------------------------------------------------------
     # Checkpoint state (safetensors + JSON, never pickle)
