@@ -37,7 +37,10 @@ class PipelineArguments:
     )
     autos_feature_set: str = field(default="default", metadata={"help": "Feature set of the predictor."})
     autos_architecture: str = field(default="mlp", metadata={"help": "Predictor architecture."})
-    autos_loss: str = field(default="mse", metadata={"help": "Predictor loss."})
+    autos_loss: str = field(default="bce", metadata={"help": "Predictor loss (mse, bce, ranking)."})
+    autos_target: str = field(default="membership", metadata={"help": "Predictor target (survival or membership)."})
+    autos_budgets: str = field(default="learned", metadata={"help": "Learned layer budgets (learned) or none."})
+    autos_balance_layers: bool = field(default=True, metadata={"help": "Weight every tensor alike in the loss."})
     disable_tqdm: bool = field(default=True, metadata={"help": "Hide the Trainer progress bars."})
 
     def __post_init__(self) -> None:
@@ -74,6 +77,9 @@ def run_pipeline(args: PipelineArguments, irp_config: IRPConfig, recipe: TrainRe
                 feature_set=args.autos_feature_set,
                 architecture=args.autos_architecture,
                 loss=args.autos_loss,
+                target=args.autos_target,
+                budgets=args.autos_budgets,
+                balance_layers=args.autos_balance_layers,
                 seed=args.irp_seed,
                 disable_tqdm=args.disable_tqdm,
             )
