@@ -1,0 +1,153 @@
+"""The benchmark commands run end to end on tiny settings and write their results.
+
+These tests check the mechanics only (exit code, the JSON result and its keys, ratios that are positive finite
+numbers), never the speed: the numbers of a tiny run on a shared machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+COMMON_KEYS = {"benchmark", "config", "results", "target", "environment"}
+TARGET_KEYS = {"description", "measured", "target", "unit", "ratio", "higher_is_better", "met"}
+TIMEOUT_S = 300
+
+# Tiny settings: seconds of work each; most of a run is importing torch, transformers and datasets.
+TINY_FLAGS: dict[str, list[str]] = {
+    "scoring_throughput": [
+        "--model", "test_resnet", "--num_classes", "10", "--image_size", "32", "--batch_size", "4",
+        "--repeats", "1", "--warmup", "0", "--paper_sample", "16", "--paper_batch_size", "16",
+    ],
+    "enforcement_overhead": [
+        "--model", "lenet300100", "--blocks", "1", "--max_steps", "6", "--warmup_steps", "2", "--batch_size", "32",
+    ],
+    "irp_overhead": ["--cycles", "2", "--epochs", "1", "--max_train_samples", "128", "--dense_repeats", "1"],
+    "score_dataset_scale": ["--rows", "100000"],
+    "autos_memory": [
+        "--model", "test_resnet", "--num_classes", "10", "--image_size", "32", "--batch_size", "4",
+        "--measure", "autos",
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def launched(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Start every selected benchmark at once (they are independent processes), so the file takes as long as the
+    slowest one rather than the sum; one intra-op thread each, since they share the machine."""
+    selected = {item.name.removeprefix("test_") for item in request.session.items if item.module is request.module}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    runs = {}
+    for name, flags in TINY_FLAGS.items():
+        if name not in selected:
+            continue
+        folder = tmp_path_factory.mktemp(name)
+        output = folder / f"{name}.json"
+        extra = ["--workdir", str(folder)] if name == "score_dataset_scale" else []
+        process = subprocess.Popen(
+            [sys.executable, str(BENCHMARKS / f"{name}.py"), *flags, *extra, "--output", str(output)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=folder,
+        )
+        runs[name] = (process, output, folder)
+    yield runs
+    for process, _, _ in runs.values():
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def finished(launched: dict, name: str) -> tuple[dict, Path]:
+    """Wait for benchmark ``name``; check its exit code, printed table and JSON result; return the result."""
+    process, output, folder = launched[name]
+    stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode == 0, stderr[-4000:]
+    assert "| " in stdout and "measured/target" in stdout, stdout[-2000:]
+    result = json.loads(output.read_text())
+    assert COMMON_KEYS <= set(result)
+    assert result["benchmark"] == name
+    assert TARGET_KEYS <= set(result["target"])
+    assert isinstance(result["target"]["met"], bool)
+    assert math.isfinite(result["target"]["measured"]) and math.isfinite(result["target"]["ratio"])
+    assert result["config"]["output"] == str(output)
+    return result, folder
+
+
+def positive_finite(*values: float) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
+
+
+def test_scoring_throughput(launched: dict) -> None:
+    result, _ = finished(launched, "scoring_throughput")
+    r = result["results"]
+    autos, paper = r["autos"], r["paper_resnet18"]
+    assert r["prunable_weights"] > 0 and paper["sample_rows"] == 16
+    assert positive_finite(autos["weights_per_s"], paper["weights_per_s"], r["ratio_autos_over_paper"])
+    assert positive_finite(result["target"]["ratio"])
+    assert set(autos["split_median"]) == {"gradient_s", "feature_matrix_s", "prediction_s", "other_s"}
+    # The split is taken inside the timed runs: its parts add up to the end-to-end time.
+    parts = sum(autos["split_median"].values())
+    assert parts == pytest.approx(autos["seconds_median"], rel=1e-6)
+    assert autos["split_median"]["prediction_s"] > 0 and autos["split_median"]["feature_matrix_s"] > 0
+
+
+def test_enforcement_overhead(launched: dict) -> None:
+    result, _ = finished(launched, "enforcement_overhead")
+    r = result["results"]
+    assert positive_finite(r["dense_steps_per_s"], r["pruned_steps_per_s"], r["ratio_pruned_over_dense"])
+    assert math.isfinite(r["slowdown_pct"])
+    assert len(r["blocks"]) == 1
+    # The pruned blocks really trained pruned: 90% of the prunable weights are exactly zero after training.
+    assert r["achieved_zero_fraction"] == pytest.approx(0.9, abs=1e-3)
+    assert result["target"]["higher_is_better"] is False
+
+
+def test_irp_overhead(launched: dict) -> None:
+    result, _ = finished(launched, "irp_overhead")
+    r = result["results"]
+    assert r["training_cycles"] == 3
+    assert positive_finite(
+        r["irp_total_s"], r["dense_cycle_loop_s"], r["callback_overhead_s"], r["ratio_irp_loop_over_dense"]
+    )
+    assert 0 < r["callback_overhead_pct_of_total"] < 100
+    assert r["irp_loop_s"] <= r["irp_total_s"]
+    assert r["final_density"] == pytest.approx(0.01, abs=1e-3)
+    assert positive_finite(result["target"]["ratio"])
+
+
+def test_score_dataset_scale(launched: dict) -> None:
+    result, folder = finished(launched, "score_dataset_scale")
+    r = result["results"]
+    assert 50_000 <= r["rows"] <= 150_000  # tensors shrink by whole output units
+    assert r["load"]["num_rows"] == r["rows"]
+    assert positive_finite(
+        r["build_s"], r["save_s"], r["table_bytes"], r["arrow_folder_bytes"], r["parquet_bytes"],
+        r["load_peak_over_table"], r["build_peak_over_table"],
+    )  # fmt: skip
+    assert r["load_private_peak_over_table"] >= 0
+    assert [p.name for p in folder.iterdir() if p.name.startswith("bench_scores_")] == []  # cleaned up
+
+
+def test_autos_memory(launched: dict) -> None:
+    result, _ = finished(launched, "autos_memory")
+    r = result["results"]
+    assert set(r["measurements"]) == {"autos"}
+    assert positive_finite(r["param_bytes"], r["autos_peak_delta_mb"], r["autos_peak_over_model"])
+    assert positive_finite(result["target"]["ratio"])
