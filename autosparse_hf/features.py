@@ -140,7 +140,7 @@ def unit_indices(layer: LayerContext) -> tuple[torch.Tensor, torch.Tensor]:
     input units are input features (linear) or input channels (convolution).
     """
     shape = layer.shape
-    idx = torch.arange(layer.numel, dtype=torch.int64)
+    idx = torch.arange(layer.numel, dtype=torch.int32 if layer.numel < 2**31 else torch.int64)
     if len(shape) < 2:
         return torch.zeros_like(idx), idx
     if layer.transposed:
@@ -307,55 +307,53 @@ def layer_feature_matrix(
     g = g0.reshape(-1).float().cpu()
     n = w.numel()
     tiny = 1e-12
-    cache: dict[str, torch.Tensor] = {}
-
-    def column(name: str) -> torch.Tensor:
-        if name in cache:
-            return cache[name]
+    # Each column is written straight into the preallocated matrix and dropped: peak memory stays near the matrix
+    # itself even for the largest tensor of a ResNet (2.4M weights).
+    matrix = torch.empty(n, len(names), dtype=torch.float32)
+    for j, name in enumerate(names):
         if name == "w0":
-            value = w
+            matrix[:, j] = w
         elif name == "g0":
-            value = g
+            matrix[:, j] = g
         elif name == "w0_over_std":
-            value = w / (w.std(unbiased=False) + tiny)
+            torch.div(w, w.std(unbiased=False) + tiny, out=matrix[:, j])
         elif name == "abs_w0_over_std":
-            value = w.abs() / (w.std(unbiased=False) + tiny)
+            torch.div(w.abs(), w.std(unbiased=False) + tiny, out=matrix[:, j])
         elif name == "g0_over_mean_abs":
-            value = g / (g.abs().mean() + tiny)
+            torch.div(g, g.abs().mean() + tiny, out=matrix[:, j])
         elif name == "abs_g0_over_mean_abs":
-            value = g.abs() / (g.abs().mean() + tiny)
+            torch.div(g.abs(), g.abs().mean() + tiny, out=matrix[:, j])
         elif name == "abs_w0g0_over_mean":
-            s = (w * g).abs()
-            value = s / (s.mean() + tiny)
+            product = (w * g).abs_()
+            torch.div(product, product.mean() + tiny, out=matrix[:, j])
         elif name == "rank_abs_w0":
-            value = _rank01(w.abs())
+            matrix[:, j] = _rank01(w.abs())
         elif name == "rank_abs_w0g0":
-            value = _rank01((w * g).abs())
+            matrix[:, j] = _rank01((w * g).abs_())
         elif name == "log_fan_in":
-            value = torch.full((n,), float(torch.log(torch.tensor(float(layer.fan_in)))))
+            matrix[:, j] = math.log(layer.fan_in)
         elif name == "log_fan_out":
-            value = torch.full((n,), float(torch.log(torch.tensor(float(layer.fan_out)))))
+            matrix[:, j] = math.log(layer.fan_out)
         elif name == "relative_depth":
-            value = torch.full((n,), float(layer.relative_depth))
+            matrix[:, j] = float(layer.relative_depth)
         elif name == "is_conv":
-            value = torch.full((n,), 1.0 if layer.kind == "conv" else 0.0)
+            matrix[:, j] = 1.0 if layer.kind == "conv" else 0.0
         elif name == "log_numel":
-            value = torch.full((n,), float(torch.log(torch.tensor(float(layer.numel)))))
+            matrix[:, j] = math.log(layer.numel)
         elif name in UNIT_FEATURES:
             if units is None:
                 raise ValueError(f"feature {name!r} needs the unit columns (unit_in, unit_out, input_std)")
             if name == "input_std_rel":
-                value = units["input_std"].float() / (units["input_std"].float().mean() + tiny)
+                stds = units["input_std"].float()
+                torch.div(stds, stds.mean() + tiny, out=matrix[:, j])
             else:
                 index = units["unit_in" if name == "in_grad_norm_rel" else "unit_out"].long()
-                norms = torch.zeros(int(index.max()) + 1).index_add_(0, index, g * g).sqrt()
-                value = norms[index] / (norms[index].mean() + tiny)
+                norms = torch.zeros(int(index.max()) + 1).index_add_(0, index, g * g).sqrt_()
+                # Every unit has the same number of weights, so the mean over weights is the mean over units.
+                torch.div(norms[index], norms.mean() + tiny, out=matrix[:, j])
         else:  # pragma: no cover - guarded by feature_names
             raise ValueError(name)
-        cache[name] = value
-        return value
-
-    return torch.stack([column(name) for name in names], dim=1)
+    return matrix
 
 
 def iter_feature_matrices(features: InitialFeatures, feature_set: str = "default"):  # noqa: ANN201

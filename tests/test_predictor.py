@@ -27,7 +27,13 @@ from autosparse_hf.features import FEATURE_SETS, feature_names, layer_feature_ma
 from autosparse_hf.predictor import ARCHITECTURES, AutoSConfig, AutoSModel, load_predictor
 from autosparse_hf.predictor.data import score_table, split_rows
 from autosparse_hf.predictor.losses import pairwise_ranking_loss
-from autosparse_hf.predictor.training import AutoSTrainingArguments, ChunkDataset, _feature_num_batches, train_autos
+from autosparse_hf.predictor.training import (
+    AutoSTrainingArguments,
+    ChunkDataset,
+    _feature_num_batches,
+    survival_examples,
+    train_autos,
+)
 from autosparse_hf.scores import load_score_dataset, load_score_datasets, save_score_dataset
 
 # ---------------------------------------------------------------------------------------------- config and model
@@ -471,7 +477,7 @@ def test_chunks_never_leave_a_single_row():
     _, _, _, dataset, _ = synthetic_run(seed=0)
     table = score_table(dataset, "default")
     for batch_size in (256, NUM_WEIGHTS - 1, 1000):
-        chunks = ChunkDataset(table, batch_size, shuffle=True, seed=0)
+        chunks = ChunkDataset(survival_examples(table), batch_size, shuffle=True, seed=0)
         sizes = [len(c) for c in chunks.chunks]
         assert sum(sizes) == NUM_WEIGHTS and min(sizes) > 1
         assert sorted(torch.cat(chunks.chunks).tolist()) == list(range(NUM_WEIGHTS))

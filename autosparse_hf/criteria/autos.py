@@ -22,13 +22,14 @@ class AutoSCriterion(Criterion):
 
     Args:
         predictor: An ``AutoSModel``, a folder saved with ``save_pretrained``, or a Hub id.
-        batch_size: Rows per prediction chunk.
+        batch_size: Rows per prediction chunk (default 65536, 256 for ``paper_resnet18``, whose activations per row
+            are large).
         num_batches: Batches for ``g0``; default: what the predictor's config says.
     """
 
     name = "autos"
     predictor: Any = None
-    batch_size: int = 65536
+    batch_size: int | None = None
     num_batches: int | None = None
 
     def __post_init__(self) -> None:
@@ -37,6 +38,8 @@ class AutoSCriterion(Criterion):
         if self.predictor is None:
             raise ValueError("criterion 'autos' needs a predictor: criterion_options={'predictor': <folder or model>}")
         self.model = load_predictor(self.predictor)
+        if self.batch_size is None:
+            self.batch_size = 256 if self.model.config.architecture == "paper_resnet18" else 65536
         uses_gradient = self.model.config.feature_set != "weight"
         self.needs_data = uses_gradient
 

@@ -50,7 +50,7 @@ class AutoSConfig(PretrainedConfig):
         architecture: str = "mlp",
         feature_set: str = "default",
         feature_schema_version: int = FEATURE_SCHEMA_VERSION,
-        hidden_sizes: Sequence[int] = (64, 64),
+        hidden_sizes: Sequence[int] = (32, 32),
         feature_mean: Sequence[float] | None = None,
         feature_std: Sequence[float] | None = None,
         loss: str = "mse",

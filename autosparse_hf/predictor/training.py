@@ -34,7 +34,7 @@ class AutoSTrainingArguments:
     output_dir: str = field(default="outputs/autos", metadata={"help": "Where the predictor and metrics go."})
     architecture: str = field(default="mlp", metadata={"help": "mlp, paper_fc or paper_resnet18."})
     feature_set: str = field(default="default", metadata={"help": "default, paper, weight or gradient."})
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "Hidden widths (mlp)."})
+    hidden_sizes: list[int] = field(default_factory=lambda: [32, 32], metadata={"help": "Hidden widths (mlp)."})
     loss: str = field(
         default="mse", metadata={"help": "mse (survival, paper), bce (membership) or ranking (pairwise, in a tensor)."}
     )

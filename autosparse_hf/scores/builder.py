@@ -85,7 +85,9 @@ def build_score_dataset(
         features=SCORE_FEATURES,
         version=f"{SCORE_SCHEMA_VERSION}.0.0",
     )
-    return Dataset(table, info=info)
+    # An explicit fingerprint: without one, datasets hashes the whole table (seconds and gigabytes at 11M rows).
+    fingerprint = f"autosparse-scores-v{SCORE_SCHEMA_VERSION}-{identity.get('run_id')}-{n_rows}"
+    return Dataset(table, info=info, fingerprint=fingerprint)
 
 
 def score_schema_version(dataset: Dataset) -> int | None:
