@@ -36,6 +36,7 @@ class BenchmarkTarget:
     sparsities: list[float] | None = None
     epochs: float | None = None
     irp_reference: bool = False
+    source_reference: bool = False
 
 
 @dataclass
@@ -119,6 +120,8 @@ def run_benchmark(config: BenchmarkConfig, only: list[str] | None = None) -> dic
             )
             rows += run_pai_grid(grid, recipe)
         references = irp_references(config, target, recipe) if target.irp_reference else []
+        if target.source_reference:
+            references += source_references(config, target)
         results[target.name] = {"rows": rows, "references": references}
         sections.append(target_section(target, rows, references, out / target.name))
     report = "\n\n".join(sections)
@@ -154,6 +157,17 @@ def irp_references(config: BenchmarkConfig, target: BenchmarkTarget, recipe: Tra
                 {"criterion": "irp-ticket", "sparsity": s, "seed": seed, "ticket_sparsity": nearest["sparsity"],
                  "accuracy": nearest.get("eval_accuracy")}
             )
+    return rows
+
+
+def source_references(config: BenchmarkConfig, target: BenchmarkTarget) -> list[dict[str, Any]]:
+    """The source run's own trained IRP tickets at the nearest densities (one seed: the source's)."""
+    history = json.loads((Path(config.source_irp) / "irp_run.json").read_text())["history"]
+    rows = []
+    for s in target.sparsities or config.sparsities:
+        nearest = min(history, key=lambda h: abs(h["sparsity"] - s))
+        rows.append({"criterion": "irp-ticket (source seed)", "sparsity": s, "seed": config.source_seed,
+                     "ticket_sparsity": nearest["sparsity"], "accuracy": nearest.get("eval_accuracy")})
     return rows
 
 
@@ -216,7 +230,12 @@ def target_section(target: BenchmarkTarget, rows: list[dict[str, Any]], referenc
     high = [r for r in rows if r["sparsity"] in (0.98, 0.99)]
     ref_note = ""
     if references:
-        ref_note = "\n`irp-ticket`: the IRP ticket of the same seed at the nearest density of its 20-cycle schedule.\n"
+        ref_note = (
+            "\nReferences: `irp-ticket` is the IRP ticket of the same seed, `irp-ticket (source seed)` the source "
+            "run's own ticket (one seed, no spread), each at the nearest density of the 20-cycle schedule: "
+            + ", ".join(sorted({f"{100 * r['sparsity']:g}% -> {100 * r['ticket_sparsity']:.2f}%" for r in references}))
+            + ".\n"
+        )
     return f"""### {target.name}: {target.model} on {target.task} ({target.kind})
 
 Test accuracy (%), mean ± std over seeds {sorted({r['seed'] for r in rows})}.
