@@ -191,7 +191,8 @@ def plot_survival_scatter(
     Each panel scatters a random sample of weights (coloured by tensor; the discrete surviving scores are jittered
     vertically by less than half a cycle so that the bands stay apart) and draws the mean surviving score in
     ``bins`` quantile bins of the x quantity over **all** rows (black line). The title gives Spearman's rank
-    correlation between the x quantity and the surviving score over all rows (a random million beyond that).
+    correlation between the x quantity as drawn (with ``x_scale="layer_rank"``: its rank inside its tensor) and the
+    surviving score over all rows (a random million beyond that).
 
     Args:
         dataset: A surviving-score dataset of one or more runs (``IRPCallback.to_dataset()``, ``load_score_dataset``).
@@ -257,6 +258,7 @@ def plot_survival_scatter(
             label = f"{label}: percentile rank in its tensor"
         else:
             xs = values
+        rho = _spearman(xs, y, rng)  # of the quantity as drawn: with layer_rank, the pooled within-tensor ordering
         if scale == "log":
             positive = xs > 0
             floor = xs[positive].min() if positive.any() else 1.0
@@ -274,7 +276,6 @@ def plot_survival_scatter(
         centers = np.bincount(which, weights=xs, minlength=len(counts)) / np.maximum(counts, 1)
         keep = counts > 0
         ax.plot(centers[keep], means[keep], color="black", marker="o", markersize=3, linewidth=1.5)
-        rho = _spearman(values, y, rng)
         ax.set_title(f"Spearman ρ = {rho:.3f}", fontsize=10)
         ax.set_xlabel(label)
         ax.set_ylim(-0.5 / cycles, 1 + 0.5 / cycles)

@@ -7,3 +7,5 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models on a small shared CPU: one intra-op thread per process avoids thrashing (subprocesses inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -40,7 +40,7 @@ class AutoSCriterion(Criterion):
         self.model = load_predictor(self.predictor)
         if self.batch_size is None:
             self.batch_size = 256 if self.model.config.architecture == "paper_resnet18" else 65536
-        uses_gradient = self.model.config.feature_set != "weight"
+        uses_gradient = self.model.config.feature_set != "weight" or self.model.config.within_layer == "snip"
         self.needs_data = uses_gradient
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
@@ -55,6 +55,10 @@ class AutoSCriterion(Criterion):
                 layers=layer_contexts(context.params),
                 num_batches=0,
             )
+        if config.within_layer == "snip":
+            # Learned budgets, SNIP's choice inside each tensor (|w0 g0| on the batches the features used).
+            return {n: (features.weights[n] * features.gradients[n]).abs().to(p.param.device)
+                    for n, p in context.params.items()}
         scores = {}
         for layer, matrix in iter_feature_matrices(features, config.feature_set):
             if config.target == "membership":

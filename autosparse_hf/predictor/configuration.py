@@ -12,6 +12,7 @@ from ..features import FEATURE_SCHEMA_VERSION, feature_names
 ARCHITECTURES: tuple[str, ...] = ("mlp", "paper_fc", "paper_resnet18")
 LOSSES: tuple[str, ...] = ("mse", "bce", "ranking")
 TARGETS: tuple[str, ...] = ("survival", "membership")
+WITHIN_LAYER: tuple[str, ...] = ("predictor", "snip")
 
 
 class AutoSConfig(PretrainedConfig):
@@ -39,6 +40,9 @@ class AutoSConfig(PretrainedConfig):
             predictor answers "is this weight in the ticket at the density I am pruning to".
         budget_model: A fitted layer-budget model (``predictor.budgets.fit_budget_model``) or ``None``; when set,
             pruning with ``scope="auto"`` splits the kept weights between tensors with it.
+        within_layer: How weights are ranked inside a tensor once the budgets are set: ``"predictor"`` (the
+            learned scores) or ``"snip"`` (``|w0 g0|`` on the same batches: the learned budgets decide how many
+            weights each tensor keeps, connection sensitivity decides which).
         feature_num_batches: Batches the initial gradient ``g0`` averages over at prune time.
         training_sources: Run ids of the score datasets it was trained on.
     """
@@ -58,6 +62,7 @@ class AutoSConfig(PretrainedConfig):
         training_sources: Sequence[str] = (),
         target: str = "survival",
         budget_model: dict[str, Any] | None = None,
+        within_layer: str = "predictor",
         **kwargs: Any,
     ) -> None:
         if architecture not in ARCHITECTURES:
@@ -88,6 +93,9 @@ class AutoSConfig(PretrainedConfig):
                 f"and target {target!r}"
             )
         self.budget_model = budget_model
+        if within_layer not in WITHIN_LAYER:
+            raise ValueError(f"unknown within_layer {within_layer!r}; choose one of {WITHIN_LAYER}")
+        self.within_layer = within_layer
         self.loss = loss
         self.feature_num_batches = int(feature_num_batches)
         self.training_sources = list(training_sources)

@@ -48,6 +48,9 @@ class AutoSTrainingArguments:
     samples_per_row: int = field(default=4, metadata={"help": "Membership target: densities sampled per weight."})
     balance_layers: bool = field(default=False, metadata={"help": "Weight rows so every tensor counts alike."})
     budget_ridge: float = field(default=1e-2, metadata={"help": "Ridge penalty of the layer-budget model."})
+    within_layer: str = field(
+        default="predictor", metadata={"help": "Ranking inside a tensor at prune time: predictor or snip."}
+    )
     epochs: float = field(default=10.0, metadata={"help": "Epochs over the training rows."})
     batch_size: int = field(default=4096, metadata={"help": "Rows per optimizer step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
@@ -218,6 +221,7 @@ def train_autos(args: AutoSTrainingArguments) -> tuple[AutoSModel, dict[str, Any
         loss=args.loss,
         target=args.target,
         budget_model=budget_model,
+        within_layer=args.within_layer,
         feature_num_batches=feature_num_batches,
         training_sources=sorted(set(train.run_id.tolist())),
     )
