@@ -17,7 +17,15 @@ from typing import Any
 
 import yaml
 
-from .experiments import PaIGridConfig, layer_table, markdown_table, parse_method, run_pai_grid, summarize
+from .experiments import (
+    PaIGridConfig,
+    layer_table,
+    markdown_table,
+    method_sparsity_table,
+    parse_method,
+    run_pai_grid,
+    summarize,
+)
 from .training import TrainRecipe
 
 HANDCRAFTED = ("random", "random@erk", "magnitude", "snip", "grasp", "synflow")
@@ -204,21 +212,20 @@ def paired_differences(rows: list[dict[str, Any]], baselines: tuple[str, ...] = 
 
 
 def paired_table(diffs: list[dict[str, Any]]) -> str:
-    sparsities = sorted({d["sparsity"] for d in diffs})
-    methods = list(dict.fromkeys(d["method"] for d in diffs))
-    cell = {(d["method"], d["sparsity"]): d for d in diffs}
+    cells = {(d["method"], d["sparsity"]): d for d in diffs}
     best = {d["sparsity"]: d["best_baseline"] for d in diffs}
-    lines = [
-        "| method | " + " | ".join(f"{100 * s:g}% (vs {best[s]})" for s in sparsities) + " |",
-        "|---|" + "---:|" * len(sparsities),
-    ]
-    for m in methods:
-        parts = []
-        for s in sparsities:
-            d = cell.get((m, s))
-            parts.append(f"{100 * d['diff_mean']:+.2f} ± {100 * d['diff_std']:.2f}" if d else "")
-        lines.append(f"| {m} | " + " | ".join(parts) + " |")
-    return "\n".join(lines)
+
+    def cell(m: str, s: float) -> str:
+        d = cells.get((m, s))
+        return f"{100 * d['diff_mean']:+.2f} ± {100 * d['diff_std']:.2f}" if d else ""
+
+    return method_sparsity_table(
+        list(dict.fromkeys(d["method"] for d in diffs)),
+        sorted(best),
+        cell,
+        header=lambda s: f"{100 * s:g}% (vs {best[s]})",
+        first="method",
+    )
 
 
 def target_section(target: BenchmarkTarget, rows: list[dict[str, Any]], references: list[dict[str, Any]], folder: Path) -> str:

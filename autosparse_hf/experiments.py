@@ -11,7 +11,7 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,20 +183,26 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def method_sparsity_table(
+    methods: Sequence[str], sparsities: Sequence[float], cell: Callable[[str, float], str],
+    header: Callable[[float], str] = lambda s: f"{100 * s:g}%", first: str = "criterion",
+) -> str:
+    """A Markdown table with one row per method and one column per sparsity; ``cell`` renders each entry."""
+    lines = [f"| {first} | " + " | ".join(header(s) for s in sparsities) + " |", "|---|" + "---:|" * len(sparsities)]
+    lines += [f"| {m} | " + " | ".join(cell(m, s) for s in sparsities) + " |" for m in methods]
+    return "\n".join(lines)
+
+
 def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     """Criteria as rows, sparsities as columns, cells ``mean ± std`` of test accuracy in percent."""
-    sparsities = sorted({r["sparsity"] for r in summary})
+    cells = {(r["criterion"], r["sparsity"]): r for r in summary}
+
+    def cell(c: str, s: float) -> str:
+        r = cells.get((c, s))
+        return f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}" if r else ""
+
     criteria = list(dict.fromkeys(r["criterion"] for r in summary))
-    cell = {(r["criterion"], r["sparsity"]): r for r in summary}
-    header = "| criterion | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |"
-    lines = [header, "|---|" + "---:|" * len(sparsities)]
-    for c in criteria:
-        parts = []
-        for s in sparsities:
-            r = cell.get((c, s))
-            parts.append(f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}" if r else "")
-        lines.append(f"| {c} | " + " | ".join(parts) + " |")
-    return "\n".join(lines)
+    return method_sparsity_table(criteria, sorted({r["sparsity"] for r in summary}), cell)
 
 
 def layer_table(rows: Sequence[dict[str, Any]]) -> str:
