@@ -41,6 +41,10 @@ class PipelineArguments:
     autos_target: str = field(default="membership", metadata={"help": "Predictor target (survival or membership)."})
     autos_budgets: str = field(default="learned", metadata={"help": "Learned layer budgets (learned) or none."})
     autos_balance_layers: bool = field(default=True, metadata={"help": "Weight every tensor alike in the loss."})
+    autos_within_layer: str = field(
+        default="snip",
+        metadata={"help": "Ranking inside tensors: snip (best measured, see BENCHMARKS.md) or predictor."},
+    )
     disable_tqdm: bool = field(default=True, metadata={"help": "Hide the Trainer progress bars."})
 
     def __post_init__(self) -> None:
@@ -80,6 +84,7 @@ def run_pipeline(args: PipelineArguments, irp_config: IRPConfig, recipe: TrainRe
                 target=args.autos_target,
                 budgets=args.autos_budgets,
                 balance_layers=args.autos_balance_layers,
+                within_layer=args.autos_within_layer,
                 seed=args.irp_seed,
                 disable_tqdm=args.disable_tqdm,
             )

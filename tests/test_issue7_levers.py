@@ -124,3 +124,27 @@ def test_with_density_appends_log_density_and_the_model_uses_it():
     assert not torch.equal(model.predict(with_density(features, 0.5)), model.predict(with_density(features, 0.01)))
     with pytest.raises(ValueError, match="does not fit target"):
         AutoSConfig(target="membership", loss="mse")
+
+
+def test_within_layer_snip_keeps_the_budgets_and_ranks_by_snip(tmp_path):
+    folders = [str(save_synthetic_run(tmp_path / f"run{s}", seed=s)) for s in (0, 1)]
+    model, _ = train_autos(
+        AutoSTrainingArguments(
+            score_datasets=folders, output_dir=str(tmp_path / "p"), target="membership", loss="bce",
+            budgets="learned", within_layer="snip", epochs=1, batch_size=1024, disable_tqdm=True,
+        )
+    )
+    assert AutoSModel.from_pretrained(str(tmp_path / "p")).config.within_layer == "snip"
+    net, loader = small_mlp(seed=7), synthetic_batches(seed=7)
+    params = A.get_prunable_parameters(net)
+    features = A.compute_initial_features(net, loader, model.config.feature_num_batches)
+    masks = A.prune_at_init(net, "autos", 0.8, loader, criterion_options={"predictor": str(tmp_path / "p")})
+    counts = predict_layer_counts(model.config.budget_model, A.features.layer_contexts(params), 0.2)
+    for name, mask in masks.items():
+        assert int(mask.sum()) == counts[name]
+        snip = (features.weights[name] * features.gradients[name]).abs().reshape(-1)
+        kept = snip[mask.reshape(-1)]
+        dropped = snip[~mask.reshape(-1)]
+        assert kept.min() >= dropped.max()  # the top-|w0 g0| weights of the tensor, nothing else
+    with pytest.raises(ValueError, match="within_layer"):
+        AutoSConfig(within_layer="magic")
