@@ -141,7 +141,7 @@ def _grid_name(predictor: str | None, config: BenchmarkConfig) -> str:
     if predictor is None:
         return "grid"
     names = {v: k for k, v in config.extra_predictors.items()}
-    return f"grid-{names.get(predictor, 'autos')}"
+    return f"grid-{names.get(predictor, 'autos')}".replace("/", "-")  # one folder per predictor, never nested
 
 
 def irp_references(config: BenchmarkConfig, target: BenchmarkTarget, recipe: TrainRecipe) -> list[dict[str, Any]]:
