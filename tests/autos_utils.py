@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from datasets import Dataset
 from torch import nn
@@ -24,13 +23,6 @@ FEATURE_NUM_BATCHES = 2  # deliberately not the library default (4): tests that 
 IN_FEATURES = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():  # noqa: ANN201
-    """One intra-op thread: tiny models only lose time to thread contention on a small shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class SmallMLP(nn.Module):

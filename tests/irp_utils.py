@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from datasets import DatasetDict
 from torch import nn
@@ -24,13 +23,6 @@ STEPS_PER_EPOCH = TRAIN_ROWS // BATCH
 TEST_ROWS = 200
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():  # noqa: ANN201
-    """One intra-op thread: these tiny models only lose time to thread contention on a small shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=1)

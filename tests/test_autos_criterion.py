@@ -8,7 +8,6 @@ import torch
 from autos_utils import (
     FEATURE_NUM_BATCHES,
     NUM_WEIGHTS,
-    single_thread,  # noqa: F401  (autouse fixture)
     small_mlp,
     synthetic_batches,
     synthetic_run,

@@ -16,13 +16,6 @@ from autosparse_hf.callbacks import CHECKPOINT_MASK_DIR
 SPARSITY = 0.75
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: tiny models only lose time to thread contention on a small shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TinyClassifier(nn.Module):

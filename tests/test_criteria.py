@@ -16,13 +16,6 @@ from autosparse_hf import compute_scores, get_criterion, list_criteria, prune_at
 BASELINES = ("grasp", "magnitude", "random", "snip", "synflow")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: tiny models only lose time to thread contention on a small shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TwoLayerLinear(nn.Module):

@@ -34,13 +34,6 @@ BASELINES = ("grasp", "magnitude", "random", "snip", "synflow")
 NUM_CLASSES = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: tiny models only lose time to thread contention on a small shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class PlainNet(nn.Module):

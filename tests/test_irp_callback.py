@@ -17,7 +17,6 @@ from irp_utils import (
     lenet,
     make_trainer,
     run_irp,
-    single_thread,  # noqa: F401  (autouse fixture)
     state_of,
     step_logs,
     tiny_bn_net,

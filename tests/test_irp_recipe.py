@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from irp_utils import single_thread  # noqa: F401  (autouse fixture)
 
 from autosparse_hf import MaskSet, kept_counts, load_score_dataset
 from autosparse_hf.cli import parse_recipe_args

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from autos_utils import CYCLES, NUM_WEIGHTS, save_synthetic_run, single_thread, small_mlp, synthetic_batches  # noqa: F401
+from autos_utils import CYCLES, NUM_WEIGHTS, save_synthetic_run, small_mlp, synthetic_batches
 
 import autosparse_hf as A
 from autosparse_hf.features import LayerContext, with_density

@@ -5,21 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
 from autosparse_hf.benchmark import BenchmarkConfig, paired_differences, run_benchmark
 from autosparse_hf.irp import IRPConfig
 from autosparse_hf.pipeline import PipelineArguments, run_pipeline
 from autosparse_hf.training import TrainRecipe
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():  # noqa: ANN201
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

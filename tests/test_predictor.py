@@ -16,7 +16,6 @@ from autos_utils import (
     FEATURE_NUM_BATCHES,
     NUM_WEIGHTS,
     save_synthetic_run,
-    single_thread,  # noqa: F401  (autouse fixture)
     synthetic_run,
 )
 from safetensors.torch import load_file, save_file

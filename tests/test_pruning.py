@@ -11,15 +11,6 @@ from torch import nn
 from autosparse_hf import Criterion, PaICallback, prune_at_init
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: tiny models only lose time to thread contention on a small shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Net(nn.Module):
     example_input_shape = (6,)
 

@@ -18,7 +18,6 @@ from irp_utils import (
     digits,
     lenet,
     run_irp,
-    single_thread,  # noqa: F401  (autouse fixture)
 )
 from torch.utils.data import DataLoader
 
