@@ -143,40 +143,12 @@ training recipe, mean ± std over seeds.
 
 
 def plot_accuracy(summary: list[dict[str, Any]], tickets: list[dict[str, float]], path: Path, title: str) -> None:
-    """Accuracy versus sparsity per criterion (error bars: std over seeds) with the IRP ticket curve."""
-    import matplotlib
+    """Write accuracy versus sparsity per criterion (band: std over seeds) with the IRP tickets to ``path``."""
+    from .plots import plot_accuracy_vs_sparsity
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for criterion in dict.fromkeys(r["criterion"] for r in summary):
-        rows = sorted((r for r in summary if r["criterion"] == criterion and r["sparsity"] > 0), key=lambda r: r["sparsity"])
-        if not rows:
-            dense = [r for r in summary if r["criterion"] == criterion]
-            if dense:
-                ax.axhline(100 * dense[0]["accuracy_mean"], color="gray", linestyle=":", label=criterion)
-            continue
-        ax.errorbar(
-            [100 * r["sparsity"] for r in rows],
-            [100 * r["accuracy_mean"] for r in rows],
-            yerr=[100 * r["accuracy_std"] for r in rows],
-            marker="o",
-            capsize=3,
-            label=criterion,
-        )
-    valid = [t for t in tickets if t["accuracy"] is not None]
-    if valid:
-        ax.plot([100 * t["sparsity"] for t in valid], [100 * t["accuracy"] for t in valid], "k--", marker="*",
-                label="IRP ticket")
-    ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    valid = [t for t in tickets if t.get("accuracy") is not None]
+    figure = plot_accuracy_vs_sparsity(summary, irp_history=valid or None, title=title)
+    figure.savefig(path, dpi=120)
 
 
 def pipeline_config_dict(args: PipelineArguments, irp_config: IRPConfig, recipe: TrainRecipe) -> dict[str, Any]:
