@@ -74,14 +74,12 @@ def dense_cycle(
     """
     from transformers import Trainer
 
-    from autosparse_hf.irp.runner import IRPRunArguments, _build_model
-    from autosparse_hf.tasks import compute_metrics_for_classification, load_task, task_info
+    from autosparse_hf.tasks import build_model, compute_metrics_for_classification, load_task, task_info
 
     dataset = load_task(args.task, seed=0)
     if args.max_train_samples:
         dataset["train"] = dataset["train"].select(range(min(args.max_train_samples, len(dataset["train"]))))
-    run = IRPRunArguments(model=args.model, task=args.task, seed=args.seed)
-    model = _build_model(run, task_info(args.task))
+    model = build_model(args.model, task_info(args.task), seed=args.seed)  # exactly what run_irp builds
     overrides = dict(num_train_epochs=int(recipe.epochs), logging_strategy="no", disable_tqdm=True)
     if max_steps is not None:
         overrides["max_steps"] = max_steps

@@ -358,3 +358,15 @@ def test_reference_model_trains_and_evaluates_with_trainer(tmp_path) -> None:
     assert 0.0 <= before <= 1.0
     # 30 steps on 8x8 digits take a LeNet far above chance (0.1).
     assert after["eval_accuracy"] > 0.8 and after["eval_accuracy"] > before
+
+
+def test_build_model_from_a_config_file_or_folder(tmp_path) -> None:
+    """A transformers config given as a path (what `--model` of the recipes takes) builds that architecture."""
+    from transformers import ViTConfig
+
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=28,
+              patch_size=7, num_channels=1).save_pretrained(tmp_path)
+    for source in (tmp_path, tmp_path / "config.json"):
+        model = build_model(str(source), "mnist", seed=0)
+        assert type(model).__name__ == "ViTForImageClassification"
+        assert model.config.hidden_size == 32 and model.config.num_labels == 10

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -40,24 +39,12 @@ class IRPRunArguments:
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
 
 
-def _build_model(run: IRPRunArguments, info: Any) -> nn.Module:
-    from ..tasks import build_model
-
-    path = Path(run.model)
-    if path.suffix == ".json" or (path.is_dir() and (path / "config.json").is_file()):
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(str(path.parent if path.suffix == ".json" else path))
-        return build_model(config, info, seed=run.seed)
-    return build_model(run.model, info, seed=run.seed)
-
-
 def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRPCallback:
     """Train with ``IRPCallback`` on ``run.task`` and write the run folder ``{output_dir}/irp``.
 
     Resumes from the last checkpoint in ``output_dir`` when ``run.resume``. Returns the finished callback.
     """
-    from ..tasks import compute_metrics_for_classification, load_task, task_info
+    from ..tasks import build_model, compute_metrics_for_classification, load_task, task_info
 
     if float(recipe.epochs) != int(recipe.epochs) or recipe.epochs < 1:
         raise ValueError(f"epochs per cycle must be a whole number >= 1, got {recipe.epochs}")
@@ -68,7 +55,7 @@ def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRP
     if run.max_train_samples:
         dataset["train"] = dataset["train"].select(range(min(run.max_train_samples, len(dataset["train"]))))
     info = task_info(run.task)
-    model = _build_model(run, info)
+    model = build_model(run.model, info, seed=run.seed)
     irp = IRPCallback(config, model_name=run.model, task_name=run.task, seed=run.seed)
     cycle_args: dict[str, Any] = dict(
         num_train_epochs=config.training_cycles * int(recipe.epochs),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,6 +136,18 @@ def list_models() -> list[str]:
     return sorted(_BUILTIN_MODELS)
 
 
+def _config_from_path(name_or_config: str | PretrainedConfig) -> str | PretrainedConfig:
+    """A transformers config read from a ``.json`` file or a folder holding ``config.json``; anything else as is."""
+    if not isinstance(name_or_config, str):
+        return name_or_config
+    path = Path(name_or_config)
+    if (path.suffix == ".json" and path.is_file()) or (path.is_dir() and (path / "config.json").is_file()):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(path))
+    return name_or_config
+
+
 def build_model(
     name_or_config: str | PretrainedConfig,
     task_info_or_num_classes: TaskInfo | str | int,
@@ -145,6 +158,7 @@ def build_model(
     """Build a freshly initialized classifier for a task.
 
     - ``"lenet300100"`` / ``"lenet"``: [`LeNet300100`]; ``"convnet"``: [`SmallConvNet`].
+    - A path to a transformers ``config.json`` (or a folder holding one): as the config it holds.
     - Any other string: the timm model of that name, ``timm.create_model(name, pretrained=False, num_classes=...,
       in_chans=C)`` (plus ``img_size=(H, W)`` when the model takes it, as ViTs do), wrapped in
       [`~autosparse_hf.families.TimmForImageClassification`]. No weights are downloaded.
@@ -210,6 +224,7 @@ def _construct(
 ) -> nn.Module:
     if not isinstance(name_or_config, (str, PretrainedConfig)):
         raise TypeError(f"name_or_config must be a str or a PretrainedConfig, got {type(name_or_config).__name__}")
+    name_or_config = _config_from_path(name_or_config)
     builder = _BUILTIN_MODELS.get(name_or_config.lower()) if isinstance(name_or_config, str) else None
     if timm_kwargs and (builder is not None or isinstance(name_or_config, PretrainedConfig)):
         raise ValueError(f"extra arguments {sorted(timm_kwargs)} are only accepted for timm models")
