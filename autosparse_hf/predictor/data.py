@@ -173,22 +173,23 @@ def split_rows(
     if eval_split == "auto":
         eval_split = "runs" if len(runs) > 1 else "layers"
     if eval_split == "runs":
-        held = list(eval_runs) or [runs[-1]]
-        unknown = [r for r in held if r not in runs]
-        if unknown:
-            raise ValueError(f"eval_runs {unknown} are not among the runs {runs}")
-        if set(held) >= set(runs):
-            raise ValueError("holding out every run leaves nothing to train on")
-        is_eval = np.isin(table.run_id, held)
+        is_eval = _held_out(table.run_id, eval_runs, default=-1, what=("eval_runs", "runs", "run"))
     elif eval_split == "layers":
-        names = list(dict.fromkeys(table.param_name.tolist()))
-        held = list(eval_layers) or [names[len(names) // 2]]
-        unknown = [n for n in held if n not in names]
-        if unknown:
-            raise ValueError(f"eval_layers {unknown} are not among the tensors {names}")
-        if set(held) >= set(names):
-            raise ValueError("holding out every tensor leaves nothing to train on")
-        is_eval = np.isin(table.param_name, held)
+        is_eval = _held_out(table.param_name, eval_layers, default=None, what=("eval_layers", "tensors", "tensor"))
     else:
         raise ValueError(f"eval_split must be auto, runs or layers, got {eval_split!r}")
     return np.nonzero(~is_eval)[0], np.nonzero(is_eval)[0]
+
+
+def _held_out(values: np.ndarray, requested: Sequence[str], default: int | None, what: tuple[str, str, str]) -> np.ndarray:
+    """Rows whose unit (run or tensor) is held out: ``requested``, else the last unit (``default=-1``) or the
+    middle one (``None``). Unknown units and holding out every unit are errors."""
+    option, plural, singular = what
+    units = list(dict.fromkeys(values.tolist()))
+    held = list(requested) or [units[default if default is not None else len(units) // 2]]
+    unknown = [u for u in held if u not in units]
+    if unknown:
+        raise ValueError(f"{option} {unknown} are not among the {plural} {units}")
+    if set(held) >= set(units):
+        raise ValueError(f"holding out every {singular} leaves nothing to train on")
+    return np.isin(values, held)
