@@ -34,6 +34,14 @@ def default_output(name: str) -> str:
     return str(RESULTS_DIR / f"{name}.json")
 
 
+def add_scoring_model_arguments(parser: Any) -> None:
+    """The timm model scored and the one batch of random images its g0 comes from (scoring and memory runs)."""
+    parser.add_argument("--model", default="resnet18", help="timm model name (built with pretrained=False).")
+    parser.add_argument("--num_classes", type=int, default=1000, help="Classifier outputs of the timm model.")
+    parser.add_argument("--batch_size", type=int, default=8, help="Images in the one batch g0 is computed on.")
+    parser.add_argument("--image_size", type=int, default=64, help="Height and width of the random images.")
+
+
 def add_threads_argument(parser: Any) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)."

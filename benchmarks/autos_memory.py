@@ -32,10 +32,7 @@ TARGET_MB = 400.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet18", help="timm model name (built with pretrained=False).")
-    parser.add_argument("--num_classes", type=int, default=1000, help="Classifier outputs of the timm model.")
-    parser.add_argument("--batch_size", type=int, default=8, help="Images in the one batch g0 is computed on.")
-    parser.add_argument("--image_size", type=int, default=64, help="Height and width of the random images.")
+    common.add_scoring_model_arguments(parser)
     parser.add_argument(
         "--measure", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS), help="What to measure."
     )

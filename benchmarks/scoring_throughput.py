@@ -24,10 +24,7 @@ TARGET_WEIGHTS_PER_S = 5.6e6  # 11.2M weights (ResNet-18) in 2 s
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet18", help="timm model name (built with pretrained=False).")
-    parser.add_argument("--num_classes", type=int, default=1000, help="Classifier outputs of the timm model.")
-    parser.add_argument("--batch_size", type=int, default=8, help="Images in the one batch g0 is computed on.")
-    parser.add_argument("--image_size", type=int, default=64, help="Height and width of the random images.")
+    common.add_scoring_model_arguments(parser)
     parser.add_argument("--repeats", type=int, default=3, help="Timed end-to-end scorings (median reported).")
     parser.add_argument("--warmup", type=int, default=1, help="Untimed end-to-end scorings first.")
     parser.add_argument("--paper_sample", type=int, default=1024, help="Feature rows the paper predictor scores.")
