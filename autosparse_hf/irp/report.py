@@ -35,18 +35,8 @@ def write_cycle_report(info: dict[str, Any], folder: Path) -> None:
     metric = next((k for k in ("eval_accuracy", "eval_loss") if k in history[0]), None)
     if metric is None:
         return
-    import matplotlib
+    from ..plots import plot_irp_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([100 * r["sparsity"] for r in history], [r[metric] for r in history], marker="o")
-    ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel(metric.removeprefix("eval_"))
     identity = info.get("identity", {})
-    ax.set_title(f"IRP tickets: {identity.get('model', '')} on {identity.get('task', '')}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(folder / "cycles.png", dpi=120)
-    plt.close(fig)
+    title = f"IRP tickets: {identity.get('model', '')} on {identity.get('task', '')}"
+    plot_irp_curve(history, metric=metric, title=title).savefig(folder / "cycles.png", dpi=120)
