@@ -16,7 +16,7 @@ keep weights), and these are its cheapest init-time signals.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -279,7 +279,12 @@ def feature_names(feature_set: str) -> tuple[str, ...]:
 def _rank01(values: torch.Tensor) -> torch.Tensor:
     """Rank of each value within the tensor, scaled to [0, 1] (0 = smallest); ties by position."""
     n = values.numel()
-    order = torch.sort(values, stable=True).indices
+    keys = values.reshape(-1)
+    if keys.dtype == torch.float32 and not bool((keys < 0).any()):
+        # Non-negative float32 values order exactly as their bit patterns read as int32, and torch sorts integers
+        # with a radix sort, about 5x faster on CPU than a stable float sort (same order, ties by position).
+        keys = keys.contiguous().view(torch.int32)
+    order = torch.sort(keys, stable=True).indices
     rank = torch.empty(n, dtype=torch.float32)
     rank[order] = torch.arange(n, dtype=torch.float32) / max(n - 1, 1)
     return rank
@@ -302,58 +307,143 @@ def layer_feature_matrix(
         units: Per-weight ``unit_in``, ``unit_out`` and ``input_std`` (``InitialFeatures.unit_columns``), needed by
             the unit features.
     """
-    names = feature_names(feature_set)
-    w = w0.reshape(-1).float().cpu()
-    g = g0.reshape(-1).float().cpu()
-    n = w.numel()
-    tiny = 1e-12
-    # Each column is written straight into the preallocated matrix and dropped: peak memory stays near the matrix
-    # itself even for the largest tensor of a ResNet (2.4M weights).
-    matrix = torch.empty(n, len(names), dtype=torch.float32)
-    for j, name in enumerate(names):
-        if name == "w0":
-            matrix[:, j] = w
-        elif name == "g0":
-            matrix[:, j] = g
-        elif name == "w0_over_std":
-            torch.div(w, w.std(unbiased=False) + tiny, out=matrix[:, j])
-        elif name == "abs_w0_over_std":
-            torch.div(w.abs(), w.std(unbiased=False) + tiny, out=matrix[:, j])
-        elif name == "g0_over_mean_abs":
-            torch.div(g, g.abs().mean() + tiny, out=matrix[:, j])
-        elif name == "abs_g0_over_mean_abs":
-            torch.div(g.abs(), g.abs().mean() + tiny, out=matrix[:, j])
-        elif name == "abs_w0g0_over_mean":
-            product = (w * g).abs_()
-            torch.div(product, product.mean() + tiny, out=matrix[:, j])
-        elif name == "rank_abs_w0":
-            matrix[:, j] = _rank01(w.abs())
-        elif name == "rank_abs_w0g0":
-            matrix[:, j] = _rank01((w * g).abs_())
-        elif name == "log_fan_in":
-            matrix[:, j] = math.log(layer.fan_in)
-        elif name == "log_fan_out":
-            matrix[:, j] = math.log(layer.fan_out)
-        elif name == "relative_depth":
-            matrix[:, j] = float(layer.relative_depth)
-        elif name == "is_conv":
-            matrix[:, j] = 1.0 if layer.kind == "conv" else 0.0
-        elif name == "log_numel":
-            matrix[:, j] = math.log(layer.numel)
-        elif name in UNIT_FEATURES:
-            if units is None:
-                raise ValueError(f"feature {name!r} needs the unit columns (unit_in, unit_out, input_std)")
-            if name == "input_std_rel":
-                stds = units["input_std"].float()
-                torch.div(stds, stds.mean() + tiny, out=matrix[:, j])
-            else:
-                index = units["unit_in" if name == "in_grad_norm_rel" else "unit_out"].long()
-                norms = torch.zeros(int(index.max()) + 1).index_add_(0, index, g * g).sqrt_()
+    columns = LayerFeatureColumns(w0, g0, layer, feature_set, units)
+    return columns.rows(0, columns.n)
+
+
+def layer_feature_chunks(
+    w0: torch.Tensor,
+    g0: torch.Tensor,
+    layer: LayerContext,
+    feature_set: str = "default",
+    units: Mapping[str, torch.Tensor] | None = None,
+    chunk_size: int = 65536,
+) -> Iterator[torch.Tensor]:
+    """The rows of :func:`layer_feature_matrix` in consecutive chunks of ``chunk_size`` rows, bit-identical to it.
+
+    Only the per-tensor statistics (scales, within-tensor ranks, unit norms) are held for the whole tensor; each
+    chunk's ``(chunk_size, F)`` matrix is built when asked for, so scoring never holds a whole ``(n, F)`` matrix.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    columns = LayerFeatureColumns(w0, g0, layer, feature_set, units)
+    for start in range(0, columns.n, chunk_size):
+        yield columns.rows(start, min(start + chunk_size, columns.n))
+
+
+class LayerFeatureColumns:
+    """Per-tensor statistics of a feature set, and the feature rows ``[start, stop)`` computed from them.
+
+    What :func:`layer_feature_matrix` returns for the whole tensor, available in row ranges, so that scoring never
+    holds a whole ``(n, F)`` matrix (ResNet-18's largest tensor has 2.4M weights).
+
+    Every column is an elementwise function of one weight's values and of per-tensor scalars or lookups, so rows
+    computed in chunks are bit-identical to rows computed for the whole tensor at once.
+    """
+
+    _TINY = 1e-12
+
+    def __init__(
+        self,
+        w0: torch.Tensor,
+        g0: torch.Tensor,
+        layer: LayerContext,
+        feature_set: str,
+        units: Mapping[str, torch.Tensor] | None,
+    ) -> None:
+        self.names = feature_names(feature_set)
+        self.w = w0.detach().reshape(-1).float().cpu()
+        self.g = g0.detach().reshape(-1).float().cpu()
+        self.n = self.w.numel()
+        self.layer = layer
+        self.units = units
+        needs = set(self.names)
+        if needs & set(UNIT_FEATURES) and units is None:
+            missing = sorted(needs & set(UNIT_FEATURES))[0]
+            raise ValueError(f"feature {missing!r} needs the unit columns (unit_in, unit_out, input_std)")
+        tiny = self._TINY
+        # Per-tensor scalars and whole-tensor columns, only those the feature set uses.
+        if needs & {"w0_over_std", "abs_w0_over_std"}:
+            self.w_scale = self.w.std(unbiased=False) + tiny
+        if needs & {"g0_over_mean_abs", "abs_g0_over_mean_abs"}:
+            self.g_scale = self.g.abs().mean() + tiny
+        if "abs_w0g0_over_mean" in needs or "rank_abs_w0g0" in needs:
+            product = (self.w * self.g).abs_()
+            self.wg_scale = product.mean() + tiny
+            self.rank_wg = _rank01(product) if "rank_abs_w0g0" in needs else None
+            del product
+        if "rank_abs_w0" in needs:
+            self.rank_w = _rank01(self.w.abs())
+        if "input_std_rel" in needs:
+            stds = units["input_std"].float()
+            self.input_std = stds
+            self.input_std_scale = stds.mean() + tiny
+        self.unit_norms: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for name, key in (("in_grad_norm_rel", "unit_in"), ("out_grad_norm_rel", "unit_out")):
+            if name in needs:
+                index = units[key]
+                index = index if index.dtype in (torch.int32, torch.int64) else index.long()
+                # int32 indices are accepted as they are: no n x 8-byte copy of the index for the largest tensor.
+                norms = torch.zeros(int(index.max()) + 1).index_add_(0, index, self.g * self.g).sqrt_()
                 # Every unit has the same number of weights, so the mean over weights is the mean over units.
-                torch.div(norms[index], norms.mean() + tiny, out=matrix[:, j])
-        else:  # pragma: no cover - guarded by feature_names
-            raise ValueError(name)
-    return matrix
+                self.unit_norms[name] = (index, norms, norms.mean() + tiny)
+
+    def rows(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Feature rows ``[start, stop)`` as a ``(stop - start, F)`` float32 matrix.
+
+        ``out``: a float32 buffer of at least ``stop - start`` rows and ``F`` columns to write into (its first ``F``
+        columns; further columns are left as they are), so a caller can reuse one buffer for every chunk.
+        """
+        w, g = self.w[start:stop], self.g[start:stop]
+        if out is None:
+            matrix = torch.empty(stop - start, len(self.names), dtype=torch.float32)
+        else:
+            if out.dtype != torch.float32 or out.shape[0] < stop - start or out.shape[1] < len(self.names):
+                raise ValueError(
+                    f"out must be float32 with >= {stop - start} rows and >= {len(self.names)} columns, "
+                    f"got {out.dtype} {tuple(out.shape)}"
+                )
+            matrix = out[: stop - start, : len(self.names)]
+        # Each column is written straight into the preallocated matrix and dropped: peak memory stays near the
+        # matrix itself.
+        for j, name in enumerate(self.names):
+            column = matrix[:, j]
+            if name == "w0":
+                column.copy_(w)
+            elif name == "g0":
+                column.copy_(g)
+            elif name == "w0_over_std":
+                torch.div(w, self.w_scale, out=column)
+            elif name == "abs_w0_over_std":
+                torch.div(w.abs(), self.w_scale, out=column)
+            elif name == "g0_over_mean_abs":
+                torch.div(g, self.g_scale, out=column)
+            elif name == "abs_g0_over_mean_abs":
+                torch.div(g.abs(), self.g_scale, out=column)
+            elif name == "abs_w0g0_over_mean":
+                torch.div((w * g).abs_(), self.wg_scale, out=column)
+            elif name == "rank_abs_w0":
+                column.copy_(self.rank_w[start:stop])
+            elif name == "rank_abs_w0g0":
+                column.copy_(self.rank_wg[start:stop])
+            elif name == "log_fan_in":
+                column.fill_(math.log(self.layer.fan_in))
+            elif name == "log_fan_out":
+                column.fill_(math.log(self.layer.fan_out))
+            elif name == "relative_depth":
+                column.fill_(float(self.layer.relative_depth))
+            elif name == "is_conv":
+                column.fill_(1.0 if self.layer.kind == "conv" else 0.0)
+            elif name == "log_numel":
+                column.fill_(math.log(self.layer.numel))
+            elif name == "input_std_rel":
+                torch.div(self.input_std[start:stop], self.input_std_scale, out=column)
+            elif name in self.unit_norms:
+                index, norms, scale = self.unit_norms[name]
+                torch.div(norms[index[start:stop]], scale, out=column)
+            else:  # pragma: no cover - guarded by feature_names
+                raise ValueError(name)
+        return matrix
 
 
 def iter_feature_matrices(features: InitialFeatures, feature_set: str = "default"):  # noqa: ANN201
@@ -366,6 +456,57 @@ def iter_feature_matrices(features: InitialFeatures, feature_set: str = "default
             feature_set,
             features.unit_columns(layer.name),
         )
+
+
+def iter_feature_columns(
+    features: InitialFeatures, feature_set: str = "default", prefetch: bool = True
+) -> Iterator[tuple[LayerContext, LayerFeatureColumns]]:
+    """Yield ``(layer, columns)`` for every prunable tensor; ``columns.rows(start, stop)`` builds feature rows.
+
+    With ``prefetch``, one background thread computes the next tensor's statistics (its within-tensor sorts cost the
+    most and run on one core) while the caller scores the current tensor, so scoring keeps two cores busy; at most
+    two tensors' statistics are alive at once. Without it, memory stays lower (one tensor's statistics, and no second
+    allocator arena).
+    """
+    needs_units = bool(set(feature_names(feature_set)) & set(UNIT_FEATURES))
+    layers = list(features.layers)
+
+    def columns(layer: LayerContext) -> LayerFeatureColumns:
+        units = features.unit_columns(layer.name) if needs_units else None
+        return LayerFeatureColumns(features.weights[layer.name], features.gradients[layer.name], layer, feature_set, units)
+
+    if not prefetch or len(layers) < 2:
+        for layer in layers:
+            yield layer, columns(layer)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autosparse-features") as pool:
+        pending = pool.submit(columns, layers[0])
+        for i, layer in enumerate(layers):
+            current = pending.result()
+            if i + 1 < len(layers):
+                pending = pool.submit(columns, layers[i + 1])
+            yield layer, current
+            del current
+
+
+def iter_feature_chunks(
+    features: InitialFeatures, feature_set: str = "default", chunk_size: int = 65536, prefetch: bool = False
+) -> Iterator[tuple[LayerContext, Iterator[torch.Tensor]]]:
+    """Yield ``(layer, chunks)`` for every prunable tensor: ``chunks`` iterates :func:`layer_feature_chunks`.
+
+    Consume each tensor's ``chunks`` before asking for the next tensor.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+    def chunks(columns: LayerFeatureColumns) -> Iterator[torch.Tensor]:
+        for start in range(0, columns.n, chunk_size):
+            yield columns.rows(start, min(start + chunk_size, columns.n))
+
+    for layer, columns in iter_feature_columns(features, feature_set, prefetch):
+        yield layer, chunks(columns)
 
 
 def with_density(features: torch.Tensor, density: float) -> torch.Tensor:

@@ -1,10 +1,13 @@
-"""Scoring throughput of the default AutoS predictor, end to end, against the paper's ResNet-18 predictor.
+"""Scoring throughput of AutoS predictors, end to end, against the paper's ResNet-18 predictor.
 
 Measures weights per second of ``compute_scores(model, AutoSCriterion(predictor=AutoSModel(AutoSConfig())), ...)``
 on a freshly initialized timm model (default ``resnet18``): the initial gradient ``g0`` over one batch of random
-images, the per-tensor feature matrices and the MLP prediction, everything the ``autos`` criterion does. The same
-run times the paper's predictor (``architecture="paper_resnet18"``) on a sample of feature rows, so the ratio of the
-two is taken under the same machine load. Untrained predictors score exactly as fast as trained ones.
+images, the per-tensor feature statistics and feature rows, and the MLP prediction, everything the ``autos``
+criterion does for a per-weight predictor; with the background prefetch (the default) and sequentially with a time
+split. It also times the library's default predictor (learned layer budgets, SNIP's ``|w0 g0|`` inside tensors,
+no per-weight prediction). The same run times the paper's predictor (``architecture="paper_resnet18"``) on a sample
+of feature rows, so the ratios are taken under the same machine load. Untrained predictors score exactly as fast
+as trained ones. The target applies to the per-weight MLP path.
 
 Target: the whole ResNet-18 (11.2M prunable weights) in <= 2 s, i.e. >= 5.6M weights/s end to end.
 
@@ -56,13 +59,58 @@ def feature_sample(model: torch.nn.Module, batches: list, rows: int, feature_set
     return torch.cat(parts)
 
 
+def time_scoring(
+    model: torch.nn.Module, batches: list, criterion: object, args: argparse.Namespace, split: bool, numel: int
+) -> list[dict[str, float]]:
+    """``args.warmup`` untimed then ``args.repeats`` timed ``compute_scores`` runs of ``criterion``.
+
+    With ``split``, each run also reports where its time went, by wrapping what ``AutoSCriterion.score`` calls (in
+    this process only): ``compute_initial_features`` (g0), ``LayerFeatureColumns.__init__`` (per-tensor statistics),
+    ``LayerFeatureColumns.rows`` (feature rows), the predictor's ``predict``; the rest is "other". Only meaningful
+    without prefetch (the statistics then run on the calling thread, so the parts add up to the total). If the
+    criterion stops calling one of them, that part reads 0 and lands in "other".
+    """
+    import autosparse_hf.criteria.autos as autos_module
+    from autosparse_hf import compute_scores
+    from autosparse_hf.features import LayerFeatureColumns
+
+    parts = ("gradient", "feature_statistics", "feature_rows", "prediction")
+    store: dict[str, float] = {}
+    undo = []
+    if split:
+        wrappers = [
+            (autos_module, "compute_initial_features", "gradient"),
+            (LayerFeatureColumns, "__init__", "feature_statistics"),
+            (LayerFeatureColumns, "rows", "feature_rows"),
+            (criterion.model, "predict", "prediction"),
+        ]
+        undo = [common.wrap_timed(owner, name, store, key) for owner, name, key in wrappers]
+    runs = []
+    try:
+        for i in range(args.warmup + args.repeats):
+            store.clear()
+            start = time.perf_counter()
+            scores = compute_scores(model, criterion, dataloader=batches, sparsity=0.9)
+            seconds = time.perf_counter() - start
+            if i >= args.warmup:
+                run = {"seconds": seconds}
+                if split:
+                    run.update({f"{k}_s": store.get(k, 0.0) for k in parts})
+                    run["other_s"] = max(seconds - sum(store.get(k, 0.0) for k in parts), 0.0)
+                runs.append(run)
+    finally:
+        for fn in undo:
+            fn()
+    assert sum(s.numel() for s in scores.values()) == numel
+    return runs
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     common.apply_threads(args.threads)
     import timm
 
-    import autosparse_hf.criteria.autos as autos_module
-    from autosparse_hf import AutoSConfig, AutoSModel, compute_scores, get_prunable_parameters
+    from autosparse_hf import AutoSConfig, AutoSModel, get_prunable_parameters
     from autosparse_hf.criteria.autos import AutoSCriterion
 
     torch.manual_seed(args.seed)
@@ -77,38 +125,29 @@ def main(argv: list[str] | None = None) -> dict:
         }
     ]
 
-    # --- the default AutoS predictor through the criterion path, with a cheap time split
+    # --- a per-weight AutoS predictor (MLP, default features) through the criterion path, twice: with the
+    # background prefetch of the next tensor's feature statistics (the criterion's default), and sequentially with
+    # a time split (sequential, so the parts add up to the total).
     predictor = AutoSModel(AutoSConfig())
-    criterion = AutoSCriterion(predictor=predictor, num_batches=1)
-    split: dict[str, float] = {}
-    # The criterion's three stages, timed by wrapping what ``AutoSCriterion.score`` calls (this process only).
-    # If the criterion stops calling one of them, that part of the split reads 0 and lands in "other".
-    wrappers = [
-        (common.wrap_timed, autos_module, "compute_initial_features", "gradient"),
-        (common.wrap_timed_iterator, autos_module, "iter_feature_matrices", "feature_matrix"),
-        (common.wrap_timed, criterion.model, "predict", "prediction"),
-    ]
-    undo = [wrap(owner, name, split, key) for wrap, owner, name, key in wrappers if hasattr(owner, name)]
-    runs = []
-    try:
-        for i in range(args.warmup + args.repeats):
-            split.clear()
-            start = time.perf_counter()
-            scores = compute_scores(model, criterion, dataloader=batches, sparsity=0.9)
-            seconds = time.perf_counter() - start
-            if i >= args.warmup:
-                parts = {k: split.get(k, 0.0) for k in ("gradient", "feature_matrix", "prediction")}
-                runs.append({"seconds": seconds, **{f"{k}_s": v for k, v in parts.items()}})
-                runs[-1]["other_s"] = max(seconds - sum(parts.values()), 0.0)
-    finally:
-        for fn in undo:
-            fn()
-    assert sum(s.numel() for s in scores.values()) == numel
-    autos_seconds = common.median([r["seconds"] for r in runs])
-    keys = ("gradient_s", "feature_matrix_s", "prediction_s", "other_s")
-    autos_split = {k: common.median([r[k] for r in runs]) for k in keys}
+    runs = {
+        "prefetch": time_scoring(model, batches, AutoSCriterion(predictor=predictor, num_batches=1), args, split=False, numel=numel),
+        "sequential": time_scoring(
+            model, batches, AutoSCriterion(predictor=predictor, num_batches=1, prefetch=False), args, split=True, numel=numel
+        ),
+    }
+    autos_seconds = min(common.median([r["seconds"] for r in rs]) for rs in runs.values())
+    autos_mode = min(runs, key=lambda k: common.median([r["seconds"] for r in runs[k]]))
+    split_keys = ("gradient_s", "feature_statistics_s", "feature_rows_s", "prediction_s", "other_s")
+    autos_split = {k: common.median([r[k] for r in runs["sequential"]]) for k in split_keys}
     autos_rate = numel / autos_seconds
     autos_prediction_rate = numel / autos_split["prediction_s"] if autos_split["prediction_s"] > 0 else None
+    # --- the library's default predictor: learned layer budgets, SNIP's |w0 g0| inside tensors (no per-weight
+    # features to build or predict; the budgets act at selection time).
+    default_predictor = AutoSModel(AutoSConfig(target="membership", loss="bce", within_layer="snip"))
+    default_runs = time_scoring(
+        model, batches, AutoSCriterion(predictor=default_predictor, num_batches=1), args, split=False, numel=numel
+    )
+    default_seconds = common.median([r["seconds"] for r in default_runs])
 
     # --- the paper's predictor on a sample of rows, same process, same load
     torch.manual_seed(args.seed)
@@ -131,11 +170,18 @@ def main(argv: list[str] | None = None) -> dict:
             "architecture": "mlp",
             "feature_set": predictor.config.feature_set,
             "seconds_median": autos_seconds,
-            "seconds_min": min(r["seconds"] for r in runs),
+            "mode": autos_mode,
+            "seconds_median_by_mode": {k: common.median([r["seconds"] for r in v]) for k, v in runs.items()},
             "weights_per_s": autos_rate,
             "prediction_weights_per_s": autos_prediction_rate,
             "split_median": autos_split,
             "runs": runs,
+        },
+        "autos_default": {
+            "within_layer": "snip",
+            "seconds_median": default_seconds,
+            "weights_per_s": numel / default_seconds,
+            "runs": default_runs,
         },
         "paper_resnet18": {
             "sample_rows": len(sample),
@@ -157,16 +203,22 @@ def main(argv: list[str] | None = None) -> dict:
         "weights/s",
         higher_is_better=True,
     )
+    by_mode = results["autos"]["seconds_median_by_mode"]
     rows = [
-        ["AutoS mlp, end to end", numel, autos_seconds, autos_rate, autos_seconds],
-        ["  of which g0 (1 batch)", numel, autos_split["gradient_s"], "", ""],
-        ["  of which feature matrices", numel, autos_split["feature_matrix_s"], "", ""],
-        ["  of which prediction", numel, autos_split["prediction_s"], autos_prediction_rate, ""],
-        ["  of which other (state, checks)", numel, autos_split["other_s"], "", ""],
+        ["AutoS mlp (per-weight ranking), end to end, best mode", numel, autos_seconds, autos_rate, autos_seconds],
+        ["  with prefetch (criterion default)", numel, by_mode["prefetch"], numel / by_mode["prefetch"], ""],
+        ["  sequential (prefetch=False)", numel, by_mode["sequential"], numel / by_mode["sequential"], ""],
+        ["    of which g0 (1 batch)", numel, autos_split["gradient_s"], "", ""],
+        ["    of which feature statistics (scales, ranks, unit norms)", numel, autos_split["feature_statistics_s"], "", ""],
+        ["    of which feature rows", numel, autos_split["feature_rows_s"], "", ""],
+        ["    of which prediction", numel, autos_split["prediction_s"], autos_prediction_rate, ""],
+        ["    of which other (state, checks)", numel, autos_split["other_s"], "", ""],
+        ["AutoS default (learned budgets, SNIP inside tensors)", numel, default_seconds, numel / default_seconds,
+         default_seconds],
         ["paper_resnet18, prediction only", len(sample), paper_seconds, paper_rate, numel / paper_rate],
         ["ratio AutoS mlp / paper_resnet18", "", "", results["ratio_autos_over_paper"], ""],
         ["target", numel, numel / args.target_weights_per_s, args.target_weights_per_s, numel / args.target_weights_per_s],
-    ]
+    ]  # fmt: skip
     table = common.markdown_table(
         ["what", "weights timed", "seconds (median)", "weights/s", f"whole {args.model} (s)"], rows
     )

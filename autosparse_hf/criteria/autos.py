@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..features import InitialFeatures, compute_initial_features, iter_feature_matrices, layer_contexts, with_density
+from ..features import InitialFeatures, compute_initial_features, feature_names, iter_feature_columns, layer_contexts
 from .base import Criterion, ScoringContext, register_criterion
 
 
@@ -17,20 +18,23 @@ class AutoSCriterion(Criterion):
     """Score ``s = AutoS(features(w0, g0, layer))``: the predicted IRP surviving score of each weight.
 
     The features are computed with the same code that built the predictor's training rows
-    (``autosparse_hf.features``), one tensor at a time, and predicted in chunks of ``batch_size`` rows, so memory stays
-    bounded by the largest tensor's feature matrix.
+    (``autosparse_hf.features``), built and predicted in chunks of ``batch_size`` rows, so memory stays bounded by one
+    chunk's feature matrix plus per-tensor statistics (within-tensor ranks, unit norms).
 
     Args:
         predictor: An ``AutoSModel``, a folder saved with ``save_pretrained``, or a Hub id.
         batch_size: Rows per prediction chunk (default 65536, 256 for ``paper_resnet18``, whose activations per row
             are large).
         num_batches: Batches for ``g0``; default: what the predictor's config says.
+        prefetch: Compute the next tensor's feature statistics in a background thread while the current one is
+            predicted (faster on two or more cores; costs the statistics of one more tensor in memory).
     """
 
     name = "autos"
     predictor: Any = None
     batch_size: int | None = None
     num_batches: int | None = None
+    prefetch: bool = True
 
     def __post_init__(self) -> None:
         from ..predictor import load_predictor
@@ -59,13 +63,23 @@ class AutoSCriterion(Criterion):
             # Learned budgets, SNIP's choice inside each tensor (|w0 g0| on the batches the features used).
             return {n: (features.weights[n] * features.gradients[n]).abs().to(p.param.device)
                     for n, p in context.params.items()}
+        num_features = len(feature_names(config.feature_set))
+        membership = config.target == "membership"
+        # One reusable chunk buffer; the membership predictor's extra input, log(density) ("is this weight in the
+        # ticket at the density we prune to?"), is the same for every row and written once.
+        buffer = torch.empty(self.batch_size, num_features + int(membership), dtype=torch.float32)
+        if membership:
+            buffer[:, num_features] = math.log(max(1.0 - context.sparsity, 1e-6))
         scores = {}
-        for layer, matrix in iter_feature_matrices(features, config.feature_set):
-            if config.target == "membership":
-                # "Is this weight in the ticket at the density we prune to?"
-                matrix = with_density(matrix, max(1.0 - context.sparsity, 1e-6))
+        # Features are built and scored chunk by chunk: peak memory is one chunk plus per-tensor statistics.
+        for layer, columns in iter_feature_columns(features, config.feature_set, prefetch=self.prefetch):
+            flat = torch.empty(layer.numel, dtype=torch.float32)
+            for start in range(0, layer.numel, self.batch_size):
+                stop = min(start + self.batch_size, layer.numel)
+                columns.rows(start, stop, out=buffer)
+                flat[start:stop] = self.model.predict(buffer[: stop - start], stop - start)
             param = context.params[layer.name].param
-            scores[layer.name] = self.model.predict(matrix, self.batch_size).reshape(param.shape).to(param.device)
+            scores[layer.name] = flat.reshape(param.shape).to(param.device)
         return scores
 
     def layer_counts(self, params: dict[str, Any], sparsity: float) -> dict[str, int] | None:
