@@ -15,6 +15,7 @@ keep weights), and these are its cheapest init-time signals.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -190,9 +191,13 @@ class _InputStatistics:
             handle.remove()
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _broadcast(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rank 0's values on every rank (ranks see different data shards; features must agree)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _world_size() == 1:
         return tensors
     for tensor in tensors.values():
         dist.broadcast(tensor, src=0)
@@ -207,6 +212,8 @@ def compute_initial_features(
     params: Mapping[str, PrunableParameter] | None = None,
     include: list[str] | None = None,
     exclude: list[str] | None = None,
+    copy_weights: bool = True,
+    preserve_state: bool = True,
 ) -> InitialFeatures:
     """``w0``, ``g0`` and layer context of every prunable weight; the model is left exactly as found.
 
@@ -215,9 +222,15 @@ def compute_initial_features(
         dataloader: Batches (dicts) for ``g0``.
         num_batches: How many batches ``g0`` averages over.
         params: Prunable parameters (default: ``get_prunable_parameters(model, include, exclude)``).
+        copy_weights: Store copies of the weights as ``w0`` (keep it for anything that outlives a change of the
+            weights, such as an IRP record); ``False`` stores views of the parameters, for a caller that uses the
+            features while the weights stay as they are (a criterion scoring a model), one model's size less.
+        preserve_state: Snapshot and restore the model (weights, buffers, gradients, modes, RNG) around the
+            gradient computation. ``False`` only inside a caller that already does so (criteria run inside
+            ``compute_scores``' ``preserved_model_state``), one model's size less.
     """
     params = params if params is not None else get_prunable_parameters(model, include, exclude)
-    with preserved_model_state(model):
+    with preserved_model_state(model) if preserve_state else contextlib.nullcontext():
         # Drawing batches inside: a shuffling DataLoader consumes the global RNG, which must be left as found.
         batches = take_batches(dataloader, num_batches, "the initial-gradient feature")
         statistics = _InputStatistics(model, params)
@@ -225,7 +238,9 @@ def compute_initial_features(
             grads = average_gradients(model, params, batches, get_family(model))
         finally:
             statistics.remove()
-    weights = {name: p.param.detach().clone() for name, p in params.items()}
+    # Under several processes rank 0's weights are broadcast into w0, which must then not be the parameters.
+    copy = copy_weights or _world_size() > 1
+    weights = {name: p.param.detach().clone() if copy else p.param.detach() for name, p in params.items()}
     grads = _broadcast({name: g.contiguous() for name, g in grads.items()})
     weights = _broadcast({name: w.contiguous() for name, w in weights.items()})
     input_std = _broadcast({name: s.contiguous() for name, s in statistics.stds().items()})

@@ -42,8 +42,8 @@ def average_gradients(
 ) -> dict[str, torch.Tensor]:
     """dL/dw for the named parameters, averaged over ``batches``, in eval mode (dropout off, running BN stats).
 
-    The caller is responsible for restoring the model afterwards (see ``preserved_model_state``); this function
-    leaves gradients in ``.grad``.
+    The caller is responsible for restoring the model afterwards (see ``preserved_model_state``); the named
+    parameters' ``.grad`` is left ``None`` (their gradients are the returned tensors), other parameters keep theirs.
     """
     family = family or get_family(model)
     names = list(names)
@@ -57,6 +57,9 @@ def average_gradients(
         (loss / len(batches)).backward()
     grads = {}
     for name in names:
-        grad = params[name].grad
-        grads[name] = grad.detach().clone() if grad is not None else torch.zeros_like(params[name])
+        param = params[name]
+        # The accumulated gradient is handed over, not copied (a copy is the largest transient for big models),
+        # and ``.grad`` is cleared so that nothing else can write into it.
+        grads[name] = param.grad.detach() if param.grad is not None else torch.zeros_like(param)
+        param.grad = None
     return grads

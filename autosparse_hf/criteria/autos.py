@@ -51,7 +51,16 @@ class AutoSCriterion(Criterion):
         config = self.model.config
         num_batches = self.num_batches or config.feature_num_batches
         if self.needs_data:
-            features = compute_initial_features(context.model, context.dataloader, num_batches, params=context.params)
+            # compute_scores restores the model around this criterion and the weights stay as they are while
+            # scoring: no second snapshot, no copy of the weights.
+            features = compute_initial_features(
+                context.model,
+                context.dataloader,
+                num_batches,
+                params=context.params,
+                copy_weights=False,
+                preserve_state=False,
+            )
         else:
             features = InitialFeatures(
                 weights={n: p.param.detach() for n, p in context.params.items()},
@@ -70,10 +79,13 @@ class AutoSCriterion(Criterion):
         buffer = torch.empty(self.batch_size, num_features + int(membership), dtype=torch.float32)
         if membership:
             buffer[:, num_features] = math.log(max(1.0 - context.sparsity, 1e-6))
+        # The outputs are allocated before the loop: long-lived blocks allocated between the loop's large transients
+        # (statistics, chunks) would pin the allocator's heap, and freed transients would not be reused or returned.
+        outputs = {layer.name: torch.empty(layer.numel, dtype=torch.float32) for layer in features.layers}
         scores = {}
         # Features are built and scored chunk by chunk: peak memory is one chunk plus per-tensor statistics.
         for layer, columns in iter_feature_columns(features, config.feature_set, prefetch=self.prefetch):
-            flat = torch.empty(layer.numel, dtype=torch.float32)
+            flat = outputs.pop(layer.name)
             for start in range(0, layer.numel, self.batch_size):
                 stop = min(start + self.batch_size, layer.numel)
                 columns.rows(start, stop, out=buffer)
