@@ -434,6 +434,11 @@ def _train(folders, output_dir, **overrides):
         batch_size=256,
         learning_rate=3e-3,
         disable_tqdm=True,
+        # The paper's setup: these tests check the surviving-score regression itself.
+        target="survival",
+        budgets="none",
+        balance_layers=False,
+        within_layer="predictor",
     )
     kwargs.update(overrides)
     return train_autos(AutoSTrainingArguments(**kwargs))
@@ -506,8 +511,20 @@ def test_feature_batches_survive_concatenation(score_folders):
         ({"feature_set": "pixels"}, "pixels"),
         ({"eval_split": "weights"}, "weights"),
         ({"epochs": 0}, "epochs"),
+        ({"within_layer": "synflow"}, "synflow"),
+        ({"target": "survival", "loss": "bce"}, "does not fit target 'survival'"),
+        ({"loss": "mse"}, "does not fit target 'membership'"),
     ],
 )
 def test_training_arguments_fail_fast(kwargs, value):
     with pytest.raises(ValueError, match=value):
         AutoSTrainingArguments(score_datasets=["/nonexistent"], **kwargs)
+
+
+def test_training_arguments_default_to_the_measured_default():
+    args = AutoSTrainingArguments()
+    assert (args.target, args.loss, args.budgets, args.balance_layers, args.within_layer) == (
+        "membership", "bce", "learned", True, "snip"
+    )
+    assert AutoSTrainingArguments(target="survival").loss == "mse"  # loss="auto" follows the target
+    assert AutoSTrainingArguments(target="survival", loss="ranking").loss == "ranking"

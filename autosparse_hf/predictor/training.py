@@ -15,7 +15,7 @@ from transformers import Trainer, TrainingArguments
 from ..features import feature_names, with_density
 from ..scores import load_score_datasets
 from .budgets import fit_budget_model
-from .configuration import ARCHITECTURES, LOSSES, TARGETS, AutoSConfig
+from .configuration import ARCHITECTURES, LOSSES, TARGETS, WITHIN_LAYER, AutoSConfig
 from .data import ScoreTable, score_table, split_rows
 from .metrics import DEFAULT_DENSITIES, ranking_metrics
 from .modeling import AutoSModel
@@ -25,7 +25,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class AutoSTrainingArguments:
-    """What to train on and how (the paper: MSE on the surviving score, Adam, about 10 epochs over all weights)."""
+    """What to train on and how.
+
+    The defaults are the library's measured default (BENCHMARKS.md, issue-7 ablation): a per-weight MLP over the
+    default features on the density-conditioned membership target with layer-balanced BCE, a learned layer-budget
+    model, and SNIP ranking inside tensors at prune time. The paper's setup (arXiv 2408.14757: surviving score, MSE,
+    raw ``w0``/``g0``, one global threshold) is ``target="survival", feature_set="paper", budgets="none",
+    balance_layers=False, within_layer="predictor"`` (``recipes/configs/ablation/paper.yaml``); trained on one run it
+    can empty a whole layer at high sparsity.
+    """
 
     score_datasets: list[str] = field(
         default_factory=lambda: ["outputs/irp/irp"],
@@ -36,20 +44,21 @@ class AutoSTrainingArguments:
     feature_set: str = field(default="default", metadata={"help": "default, paper, weight or gradient."})
     hidden_sizes: list[int] = field(default_factory=lambda: [32, 32], metadata={"help": "Hidden widths (mlp)."})
     loss: str = field(
-        default="mse", metadata={"help": "mse (survival, paper), bce (membership) or ranking (pairwise, in a tensor)."}
+        default="auto",
+        metadata={"help": "auto (mse for survival, bce for membership), mse, bce or ranking (pairwise, in a tensor)."},
     )
     target: str = field(
-        default="survival",
-        metadata={"help": "survival (cycles survived / cycles, paper) or membership (in the IRP mask at density d)."},
+        default="membership",
+        metadata={"help": "membership (in the IRP mask at density d) or survival (cycles survived / cycles, paper)."},
     )
     budgets: str = field(
-        default="none", metadata={"help": "none (selection decides) or learned (fit a layer-budget model on IRP)."}
+        default="learned", metadata={"help": "learned (fit a layer-budget model on IRP) or none (selection decides)."}
     )
     samples_per_row: int = field(default=4, metadata={"help": "Membership target: densities sampled per weight."})
-    balance_layers: bool = field(default=False, metadata={"help": "Weight rows so every tensor counts alike."})
+    balance_layers: bool = field(default=True, metadata={"help": "Weight rows so every tensor counts alike."})
     budget_ridge: float = field(default=1e-2, metadata={"help": "Ridge penalty of the layer-budget model."})
     within_layer: str = field(
-        default="predictor", metadata={"help": "Ranking inside a tensor at prune time: predictor or snip."}
+        default="snip", metadata={"help": "Ranking inside a tensor at prune time: snip or predictor."}
     )
     epochs: float = field(default=10.0, metadata={"help": "Epochs over the training rows."})
     batch_size: int = field(default=4096, metadata={"help": "Rows per optimizer step."})
@@ -65,12 +74,21 @@ class AutoSTrainingArguments:
         # Fail on a typo before loading and featurizing millions of rows, not after.
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES}")
+        if self.loss == "auto":
+            self.loss = "mse" if self.target == "survival" else "bce"
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
         if self.target not in TARGETS:
             raise ValueError(f"unknown target {self.target!r}; choose one of {TARGETS}")
         if self.budgets not in ("none", "learned"):
             raise ValueError(f"budgets must be none or learned, got {self.budgets!r}")
+        if self.within_layer not in WITHIN_LAYER:
+            raise ValueError(f"unknown within_layer {self.within_layer!r}; choose one of {WITHIN_LAYER}")
+        if (self.target, self.loss) in (("survival", "bce"), ("membership", "mse")):
+            raise ValueError(
+                f"loss {self.loss!r} does not fit target {self.target!r} (survival: mse or ranking; membership: bce "
+                "or ranking; loss='auto' picks)"
+            )
         if self.samples_per_row < 1:
             raise ValueError(f"samples_per_row must be >= 1, got {self.samples_per_row}")
         feature_names(self.feature_set)
