@@ -43,7 +43,7 @@ class PipelineArguments:
     autos_balance_layers: bool = field(default=True, metadata={"help": "Weight every tensor alike in the loss."})
     autos_within_layer: str = field(
         default="snip",
-        metadata={"help": "Ranking inside tensors: snip (best measured, see BENCHMARKS.md) or predictor."},
+        metadata={"help": "Ranking inside tensors: snip (see BENCHMARKS.md), synflow or predictor."},
     )
     disable_tqdm: bool = field(default=True, metadata={"help": "Hide the Trainer progress bars."})
 

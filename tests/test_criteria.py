@@ -198,6 +198,46 @@ def test_synflow_hundred_rounds_top_k_equals_the_iterative_mask(sparsity):
     assert not (torch.equal(one_shot["fc1.weight"], expected1) and torch.equal(one_shot["fc2.weight"], expected2))
 
 
+def iterative_synflow_mask_in_budgets(w1, w2, counts, rounds):
+    """Iterative SynFlow inside per-tensor budgets: tensor l keeps round(n_l (c_l / n_l)^(k / rounds)) weights after
+    round k (c_l at the last), the top closed-form scores among its alive weights, stable ties in position order."""
+    a = [w1.abs().double(), w2.abs().double()]
+    m = [torch.ones_like(x, dtype=torch.bool) for x in a]
+    for k in range(1, rounds + 1):
+        s = synflow_by_hand(a[0] * m[0], a[1] * m[1])
+        for i in range(2):
+            n = a[i].numel()
+            keep = counts[i] if k == rounds else round(n * (counts[i] / n) ** (k / rounds))
+            keep = min(max(keep, counts[i]), int(m[i].sum()))
+            key = torch.where(m[i].flatten(), -s[i].flatten(), torch.tensor(float("inf"), dtype=torch.float64))
+            new = torch.zeros(n, dtype=torch.bool)
+            new[torch.sort(key, stable=True).indices[:keep]] = True
+            m[i] = new.reshape(a[i].shape)
+    return m
+
+
+@pytest.mark.parametrize("rounds", [1, 20])
+def test_synflow_inside_budgets_equals_the_per_tensor_iterative_mask(rounds):
+    from autosparse_hf.criteria.synflow import SynFlowCriterion
+
+    generator = torch.Generator().manual_seed(1)
+    w1, w2 = torch.randn(12, 10, generator=generator), torch.randn(5, 12, generator=generator)
+    counts = [30, 6]  # 25% of fc1, 10% of fc2: not what one global threshold would give
+    expected = iterative_synflow_mask_in_budgets(w1, w2, counts, rounds)
+    criterion = SynFlowCriterion(rounds=rounds, budgets={"fc1.weight": counts[0], "fc2.weight": counts[1]})
+    model = TwoLayerLinear(w1, w2)
+    model.example_input_shape = (10,)
+    masks = prune_at_init(model, criterion, 1 - sum(counts) / 180)
+    assert [int(masks["fc1.weight"].sum()), int(masks["fc2.weight"].sum())] == counts
+    assert torch.equal(masks["fc1.weight"], expected[0]) and torch.equal(masks["fc2.weight"], expected[1])
+    other = TwoLayerLinear(w1, w2)
+    other.example_input_shape = (10,)
+    global_masks = prune_at_init(other, SynFlowCriterion(rounds=rounds), 1 - sum(counts) / 180)
+    assert int(global_masks["fc1.weight"].sum()) != counts[0]  # the budgets, not SynFlow's own split, decided
+    with pytest.raises(ValueError, match="budgets lack prunable tensors"):
+        compute_scores(model, SynFlowCriterion(budgets={"fc1.weight": 30}), sparsity=0.8)
+
+
 def test_random_scores_range_and_seeds():
     model = TwoLayerLinear(torch.randn(40, 2), torch.randn(1, 40))
     seeded = compute_scores(model, "random", seed=1)

@@ -148,3 +148,24 @@ def test_within_layer_snip_keeps_the_budgets_and_ranks_by_snip(tmp_path):
         assert kept.min() >= dropped.max()  # the top-|w0 g0| weights of the tensor, nothing else
     with pytest.raises(ValueError, match="within_layer"):
         AutoSConfig(within_layer="magic")
+
+
+def test_within_layer_synflow_runs_synflow_inside_the_learned_budgets(tmp_path):
+    from autosparse_hf.criteria.synflow import SynFlowCriterion
+
+    folders = [str(save_synthetic_run(tmp_path / f"run{s}", seed=s)) for s in (0, 1)]
+    model, _ = train_autos(
+        AutoSTrainingArguments(
+            score_datasets=folders, output_dir=str(tmp_path / "p"), within_layer="synflow", epochs=1,
+            batch_size=1024, disable_tqdm=True,
+        )
+    )
+    assert model.config.within_layer == "synflow" and model.config.budget_model is not None
+    net, loader = small_mlp(seed=7), synthetic_batches(seed=7)
+    params = A.get_prunable_parameters(net)
+    counts = predict_layer_counts(model.config.budget_model, A.features.layer_contexts(params), 0.1)
+    masks = A.prune_at_init(net, "autos", 0.9, loader, criterion_options={"predictor": str(tmp_path / "p")})
+    expected = A.prune_at_init(small_mlp(seed=7), SynFlowCriterion(budgets=counts), 0.9, loader)
+    for name, mask in masks.items():
+        assert int(mask.sum()) == counts[name]
+        assert torch.equal(mask, expected[name])

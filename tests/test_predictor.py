@@ -511,7 +511,7 @@ def test_feature_batches_survive_concatenation(score_folders):
         ({"feature_set": "pixels"}, "pixels"),
         ({"eval_split": "weights"}, "weights"),
         ({"epochs": 0}, "epochs"),
-        ({"within_layer": "synflow"}, "synflow"),
+        ({"within_layer": "grasp"}, "grasp"),
         ({"target": "survival", "loss": "bce"}, "does not fit target 'survival'"),
         ({"loss": "mse"}, "does not fit target 'membership'"),
     ],

@@ -68,6 +68,11 @@ class AutoSCriterion(Criterion):
                 layers=layer_contexts(context.params),
                 num_batches=0,
             )
+        if config.within_layer == "synflow":
+            # Learned budgets, iterative SynFlow inside them (each tensor's own schedule towards its budget).
+            from .synflow import SynFlowCriterion
+
+            return SynFlowCriterion(budgets=self.layer_counts(context.params, context.sparsity)).score(context)
         if config.within_layer == "snip":
             # Learned budgets, SNIP's choice inside each tensor (|w0 g0| on the batches the features used).
             return {n: (features.weights[n] * features.gradients[n]).abs().to(p.param.device)

@@ -12,7 +12,7 @@ from ..features import FEATURE_SCHEMA_VERSION, feature_names
 ARCHITECTURES: tuple[str, ...] = ("mlp", "paper_fc", "paper_resnet18")
 LOSSES: tuple[str, ...] = ("mse", "bce", "ranking")
 TARGETS: tuple[str, ...] = ("survival", "membership")
-WITHIN_LAYER: tuple[str, ...] = ("predictor", "snip")
+WITHIN_LAYER: tuple[str, ...] = ("predictor", "snip", "synflow")
 
 
 class AutoSConfig(PretrainedConfig):
@@ -41,8 +41,9 @@ class AutoSConfig(PretrainedConfig):
         budget_model: A fitted layer-budget model (``predictor.budgets.fit_budget_model``) or ``None``; when set,
             pruning with ``scope="auto"`` splits the kept weights between tensors with it.
         within_layer: How weights are ranked inside a tensor once the budgets are set: ``"predictor"`` (the
-            learned scores) or ``"snip"`` (``|w0 g0|`` on the same batches: the learned budgets decide how many
-            weights each tensor keeps, connection sensitivity decides which).
+            learned scores), ``"snip"`` (``|w0 g0|`` on the same batches: the learned budgets decide how many
+            weights each tensor keeps, connection sensitivity decides which) or ``"synflow"`` (iterative SynFlow
+            inside the learned budgets, each tensor on its own exponential schedule towards its budget).
         feature_num_batches: Batches the initial gradient ``g0`` averages over at prune time.
         training_sources: Run ids of the score datasets it was trained on.
     """

@@ -58,7 +58,7 @@ class AutoSTrainingArguments:
     balance_layers: bool = field(default=True, metadata={"help": "Weight rows so every tensor counts alike."})
     budget_ridge: float = field(default=1e-2, metadata={"help": "Ridge penalty of the layer-budget model."})
     within_layer: str = field(
-        default="snip", metadata={"help": "Ranking inside a tensor at prune time: snip or predictor."}
+        default="snip", metadata={"help": "Ranking inside a tensor at prune time: snip, synflow or predictor."}
     )
     epochs: float = field(default=10.0, metadata={"help": "Epochs over the training rows."})
     batch_size: int = field(default=4096, metadata={"help": "Rows per optimizer step."})
