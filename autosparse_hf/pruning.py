@@ -118,7 +118,7 @@ def prune_at_init(
             **extra,
             "criterion": crit.name,
             "criterion_options": json_safe(dict(criterion_options or {})),
-            "num_batches": num_batches,
+            "num_batches": crit.batches_used(num_batches),
             "include": list(include or []),
             "exclude": list(exclude or []),
             "model_class": type(model).__name__,

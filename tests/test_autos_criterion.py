@@ -53,6 +53,8 @@ def test_prune_at_init_keeps_exactly_k(source, predictor_folder):
     n = _prunable_count(model)
     assert masks.numel == n == NUM_WEIGHTS
     assert masks.num_kept == round((1 - SPARSITY) * n)
+    # The batches the predictor's features average over, not prune_at_init's num_batches (1).
+    assert masks.metadata["num_batches"] == FEATURE_NUM_BATCHES != 1
     kept = torch.cat([scores[k][masks[k]] for k in masks])
     dropped = torch.cat([scores[k][~masks[k]] for k in masks])
     assert kept.min() >= dropped.max()  # the global top-k of the predicted scores

@@ -99,6 +99,10 @@ class AutoSCriterion(Criterion):
             scores[layer.name] = flat.reshape(param.shape).to(param.device)
         return scores
 
+    def batches_used(self, num_batches: int) -> int:
+        # The predictor's features were built with its own batch count; prune_at_init's num_batches does not apply.
+        return (self.num_batches or self.model.config.feature_num_batches) if self.needs_data else 0
+
     def layer_counts(self, params: dict[str, Any], sparsity: float) -> dict[str, int] | None:
         """The predictor's learned layer budgets at ``sparsity``, when it has a budget model."""
         budget_model = self.model.config.budget_model

@@ -52,6 +52,10 @@ class Criterion:
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def batches_used(self, num_batches: int) -> int:
+        """How many batches scoring really averages over when called with ``num_batches`` (recorded in masks)."""
+        return num_batches
+
     def layer_counts(self, params: dict[str, PrunableParameter], sparsity: float) -> dict[str, int] | None:
         """Kept weights per tensor this criterion wants at ``sparsity`` (its own layer budgets), or ``None`` to
         leave the split to the selection scope. Used when pruning with ``scope="auto"``."""
