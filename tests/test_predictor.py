@@ -425,7 +425,7 @@ def score_folders(tmp_path_factory) -> list[str]:
     return [str(save_synthetic_run(root / f"seed{s}", seed=s)) for s in (0, 1)]
 
 
-def _train(folders, output_dir, **overrides):
+def _train(folders, output_dir, dataset=None, **overrides):
     kwargs = dict(
         score_datasets=folders,
         output_dir=str(output_dir),
@@ -441,7 +441,7 @@ def _train(folders, output_dir, **overrides):
         within_layer="predictor",
     )
     kwargs.update(overrides)
-    return train_autos(AutoSTrainingArguments(**kwargs))
+    return train_autos(AutoSTrainingArguments(**kwargs), dataset)
 
 
 def test_train_autos_learns_the_surviving_score(score_folders, tmp_path):
@@ -528,3 +528,19 @@ def test_training_arguments_default_to_the_measured_default():
     )
     assert AutoSTrainingArguments(target="survival").loss == "mse"  # loss="auto" follows the target
     assert AutoSTrainingArguments(target="survival", loss="ranking").loss == "ranking"
+
+
+def test_train_autos_from_an_in_memory_dataset_equals_training_from_the_folders(score_folders, tmp_path):
+    from datasets import concatenate_datasets
+
+    from autosparse_hf.scores import load_score_dataset
+
+    in_memory = concatenate_datasets([load_score_dataset(f) for f in score_folders])
+    from_disk, _ = _train(score_folders, tmp_path / "disk", epochs=1.0)
+    from_memory, report = _train(["/not/read"], tmp_path / "memory", epochs=1.0, dataset=in_memory)
+    assert report["arguments"]["score_datasets"] == "<in-memory Dataset>"
+    assert from_memory.config.training_sources == from_disk.config.training_sources == ["run-seed0"]
+    for a, b in zip(from_disk.state_dict().values(), from_memory.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="datasets.Dataset of surviving scores, got dict"):
+        _train(score_folders, tmp_path / "bad", dataset={"w0": [1.0]})

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from ..features import feature_names, with_density
@@ -210,14 +211,25 @@ def evaluate_predictor(model: AutoSModel, table: ScoreTable) -> dict[str, float]
     return result
 
 
-def train_autos(args: AutoSTrainingArguments) -> tuple[AutoSModel, dict[str, Any]]:
+def train_autos(
+    args: AutoSTrainingArguments, dataset: Dataset | None = None
+) -> tuple[AutoSModel, dict[str, Any]]:
     """Load the score datasets, split by whole runs or tensors, train, evaluate, save; returns model and report.
 
     Writes ``output_dir``: the predictor (``config.json`` + ``model.safetensors``), ``metrics.json`` (held-out
     Spearman and top-k overlaps for AutoS, magnitude and SNIP, plus the split) and ``loss_curve.png``.
+
+    Args:
+        args: What to train and how.
+        dataset: A score ``datasets.Dataset`` already in memory (e.g. ``IRPCallback.score_dataset()`` or
+            ``concatenate_datasets`` of several runs); when given, ``args.score_datasets`` is not read.
     """
     torch.manual_seed(args.seed)
-    dataset = load_score_datasets(args.score_datasets)
+    from_memory = dataset is not None
+    if dataset is None:
+        dataset = load_score_datasets(args.score_datasets)
+    elif not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset must be a datasets.Dataset of surviving scores, got {type(dataset).__name__}")
     table = score_table(dataset, args.feature_set)
     train_rows, eval_rows = split_rows(table, args.eval_split, args.eval_runs, args.eval_layers)
     if args.max_train_rows and len(train_rows) > args.max_train_rows:
@@ -284,7 +296,8 @@ def train_autos(args: AutoSTrainingArguments) -> tuple[AutoSModel, dict[str, Any
         "eval_tensors": sorted(set(held.param_name.tolist())),
         "metrics": evaluate_predictor(model, held),
         "budget_model": budget_model,
-        "arguments": asdict(args),
+        # An in-memory dataset replaces score_datasets: say so instead of listing paths that were not read.
+        "arguments": {**asdict(args), **({"score_datasets": "<in-memory Dataset>"} if from_memory else {})},
         "loss_history": [
             {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e
         ],
