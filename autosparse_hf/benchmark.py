@@ -144,11 +144,28 @@ def _grid_name(predictor: str | None, config: BenchmarkConfig) -> str:
     return f"grid-{names.get(predictor, 'autos')}".replace("/", "-")  # one folder per predictor, never nested
 
 
+def reference_densities(sparsities: list[float]) -> list[float]:
+    """The default IRP schedule's densities (20 equal-count cycles to 1%) plus every benchmark density it lacks,
+    strictly decreasing: an IRP run on this schedule has a ticket at exactly each benchmark sparsity."""
+    from .irp import IRPConfig
+
+    default = IRPConfig()
+    step = default.final_sparsity / default.cycles
+    densities = {round(1.0 - (c + 1) * step, 10) for c in range(default.cycles)}
+    densities |= {round(1.0 - s, 10) for s in sparsities if 0.0 < s < 1.0}
+    return sorted(densities, reverse=True)
+
+
 def irp_references(config: BenchmarkConfig, target: BenchmarkTarget, recipe: TrainRecipe) -> list[dict[str, Any]]:
-    """IRP tickets of the target's own seeds (the lottery-ticket reference), resumable, nearest density."""
+    """IRP tickets of the target's own seeds (the lottery-ticket reference), resumable.
+
+    The IRP schedule is the default one (20 equal-count cycles to 99%) with a cycle added at every benchmark
+    sparsity it lacks, so each PaI sparsity has a ticket at exactly its density.
+    """
     from .irp import IRPConfig
     from .irp.runner import IRPRunArguments, irp_run_complete, run_irp
 
+    irp_config = IRPConfig(densities=reference_densities(target.sparsities or config.sparsities))
     rows = []
     for seed in target.seeds or config.seeds:
         folder = Path(config.output_dir) / target.name / f"irp-seed{seed}"
@@ -158,7 +175,7 @@ def irp_references(config: BenchmarkConfig, target: BenchmarkTarget, recipe: Tra
             run = IRPRunArguments(
                 model=target.model, task=target.task, seed=seed, output_dir=str(folder), disable_tqdm=True
             )
-            history = run_irp(run, IRPConfig(), recipe).history
+            history = run_irp(run, irp_config, recipe).history
         for s in target.sparsities or config.sparsities:
             nearest = min(history, key=lambda h: abs(h["sparsity"] - s))
             rows.append(

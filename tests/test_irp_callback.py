@@ -140,11 +140,18 @@ def test_rewind_restores_buffers_biases_optimizer_and_schedule(tmp_path: Path) -
 # ---------------------------------------------------------------------------------------- schedules and records
 
 
-@pytest.fixture(scope="module", params=["equal_count", "geometric"])
+CUSTOM_DENSITIES = [0.6, 0.25, 0.1]  # 3 cycles to 90%, like TINY, on another path
+
+
+@pytest.fixture(scope="module", params=["equal_count", "geometric", "custom"])
 def schedule_run(request, tmp_path_factory):  # noqa: ANN001, ANN201
     folder = tmp_path_factory.mktemp(f"irp-{request.param}")
     recorder = CycleEndRecorder()
-    config = IRPConfig(**TINY, schedule=request.param)
+    if request.param == "custom":
+        config = IRPConfig(**{**TINY, "cycles": 1, "final_sparsity": 0.5}, densities=CUSTOM_DENSITIES)
+        assert (config.cycles, config.final_sparsity, config.schedule) == (3, pytest.approx(0.9), "custom")
+    else:
+        config = IRPConfig(**TINY, schedule=request.param)
     irp = IRPCallback(config, model_name="lenet300100", task_name="digits")
     recorder.irp = irp
     trainer = make_trainer(lenet(), training_args(folder, num_train_epochs=config.training_cycles), [recorder, irp])
@@ -156,8 +163,10 @@ def test_densities_follow_the_schedule_exactly(schedule_run) -> None:  # noqa: A
     irp: IRPCallback = schedule_run["irp"]
     total = irp.total
     assert total == 64 * 300 + 300 * 100 + 100 * 10
-    counts = kept_counts(total, 3, 0.9, schedule_run["schedule"])
+    counts = kept_counts(total, 3, 0.9, schedule_run["schedule"], irp.config.densities)
     assert irp.counts == counts
+    if schedule_run["schedule"] == "custom":
+        assert counts == [total, *(round(d * total) for d in CUSTOM_DENSITIES)]
     assert [h["cycle"] for h in irp.history] == [1, 2, 3, 4]
     assert [h["step"] for h in irp.history] == [8, 16, 24, 32]
     for h in irp.history:

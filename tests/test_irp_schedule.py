@@ -74,7 +74,7 @@ def test_schedules_differ_in_the_middle_and_agree_at_the_ends() -> None:
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_final_count_never_zero(schedule: str) -> None:
     # 1% of 10 weights rounds to 0; a ticket without weights is no network, and selection cannot keep none.
-    counts = kept_counts(10, 3, 0.99, schedule)
+    counts = kept_counts(10, 3, 0.99, schedule, [0.5, 0.1, 0.01] if schedule == "custom" else None)
     assert counts[-1] == 1
     assert all(b <= a for a, b in zip(counts, counts[1:], strict=False))
 
@@ -86,7 +86,25 @@ def test_kept_counts_rejects_bad_input() -> None:
         kept_counts(100, 3, 0.9, "linear")
 
 
+def test_custom_densities_are_exact_and_checked() -> None:
+    assert kept_counts(1000, 3, 0.99, "custom", [0.5, 0.1, 0.01]) == [1000, 500, 100, 10]
+    with pytest.raises(ValueError, match="schedule 'custom' needs 3 densities"):
+        kept_counts(1000, 3, 0.99, "custom", [0.5, 0.01])
+
+
 # ------------------------------------------------------------------------------------------------ IRPConfig
+
+
+def test_config_densities_set_cycles_and_final_sparsity() -> None:
+    config = IRPConfig(densities=[0.5, 0.2, 0.05])
+    assert (config.cycles, config.schedule) == (3, "custom")
+    assert config.final_sparsity == pytest.approx(0.95)
+    assert IRPConfig(**config.to_dict()) == config
+    for bad in ([0.5, 0.5], [0.2, 0.5], [1.0, 0.5], [0.5, 0.0]):
+        with pytest.raises(ValueError, match="densities must be strictly decreasing values in"):
+            IRPConfig(densities=bad)
+    with pytest.raises(ValueError, match="schedule='custom' needs the densities list"):
+        IRPConfig(schedule="custom")
 
 
 def test_config_defaults_are_the_paper_setting() -> None:

@@ -99,3 +99,18 @@ def test_benchmark_config_rejects_unknown_keys_and_the_source_seed(tmp_path):
     config = BenchmarkConfig(seeds=[0, 1])
     with pytest.raises(ValueError, match="fresh seeds"):
         config.validate()
+
+
+def test_reference_irp_schedule_has_a_cycle_at_every_benchmark_density():
+    from autosparse_hf.benchmark import reference_densities
+    from autosparse_hf.irp import IRPConfig, kept_counts
+
+    densities = reference_densities([0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
+    assert densities[0] == pytest.approx(0.9505) and densities[-1] == pytest.approx(0.01)
+    assert all(b < a for a, b in zip(densities, densities[1:], strict=False))
+    config = IRPConfig(densities=densities)
+    counts = kept_counts(266_200, config.cycles, config.final_sparsity, config.schedule, config.densities)
+    for sparsity in (0.5, 0.8, 0.9, 0.95, 0.98, 0.99):
+        assert round((1 - sparsity) * 266_200) in counts  # an exact ticket at every benchmark sparsity
+    # 0.5, 0.2, 0.1, 0.05 and 0.02 are not densities of the default schedule (0.505, 0.208, 0.109, 0.0595); 0.01 is.
+    assert len(densities) == 20 + 5

@@ -239,7 +239,9 @@ class IRPCallback(MaskEnforcingCallback):
             self.cycle_pruned = {
                 n: torch.full(p.param.shape, sentinel, dtype=torch.int16) for n, p in self.params.items()
             }
-            self.counts = kept_counts(self.total, self.config.cycles, self.config.final_sparsity, self.config.schedule)
+            self.counts = kept_counts(
+                self.total, self.config.cycles, self.config.final_sparsity, self.config.schedule, self.config.densities
+            )
             self.cycle = 1
             self.history = []
             self.finished = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEDULES: tuple[str, ...] = ("equal_count", "geometric")
+SCHEDULES: tuple[str, ...] = ("equal_count", "geometric", "custom")
 
 
 @dataclass
@@ -23,7 +23,14 @@ class IRPConfig:
         default="equal_count",
         metadata={
             "help": "equal_count: remove (1 - d_final) / E of the original weights per cycle (paper); "
-            "geometric: keep d_final ** (1 / E) of the survivors per cycle."
+            "geometric: keep d_final ** (1 / E) of the survivors per cycle; custom: the densities list."
+        },
+    )
+    densities: list[float] = field(
+        default_factory=list,
+        metadata={
+            "help": "Density after each cycle, strictly decreasing in (0, 1) (e.g. to hit benchmark densities "
+            "exactly); when given, it sets cycles, final_sparsity and schedule='custom'."
         },
     )
     criterion: str = field(
@@ -52,6 +59,14 @@ class IRPConfig:
     exclude: list[str] = field(default_factory=list, metadata={"help": "Parameter-name patterns never pruned."})
 
     def __post_init__(self) -> None:
+        if self.densities:
+            values = [float(d) for d in self.densities]
+            if not all(0.0 < d < 1.0 for d in values) or any(b >= a for a, b in zip(values, values[1:], strict=False)):
+                raise ValueError(f"densities must be strictly decreasing values in (0, 1), got {self.densities!r}")
+            self.densities = values
+            self.cycles, self.final_sparsity, self.schedule = len(values), 1.0 - values[-1], "custom"
+        elif self.schedule == "custom":
+            raise ValueError("schedule='custom' needs the densities list")
         if not isinstance(self.cycles, int) or self.cycles < 1:
             raise ValueError(f"cycles must be an integer >= 1, got {self.cycles!r}")
         if not 0.0 < float(self.final_sparsity) < 1.0:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 
-def kept_counts(total: int, cycles: int, final_sparsity: float, schedule: str) -> list[int]:
+def kept_counts(
+    total: int, cycles: int, final_sparsity: float, schedule: str, densities: list[float] | None = None
+) -> list[int]:
     """Weights kept after each cycle, ``[N, k_1, ..., k_E]``, with ``k_E = max(1, round((1 - final_sparsity) * N))``
     (a ticket keeps at least one weight).
 
@@ -12,6 +14,7 @@ def kept_counts(total: int, cycles: int, final_sparsity: float, schedule: str) -
     - ``geometric``: every cycle keeps the same fraction of the survivors, ``k_c = round(N * d_E ** (c / E))``.
       (The reference code wrote the exponent as ``s ** 1/E``, which prunes 99.95% in the first cycle; this is the
       intended ``s ** (1 / E)``.)
+    - ``custom``: ``k_c = round(N * densities[c - 1])`` (``cycles`` and ``final_sparsity`` must agree with the list).
     """
     if total < 1:
         raise ValueError(f"total must be >= 1, got {total}")
@@ -22,8 +25,12 @@ def kept_counts(total: int, cycles: int, final_sparsity: float, schedule: str) -
             counts.append(total - int(round(c * (total - final) / cycles)))
         elif schedule == "geometric":
             counts.append(int(round(total * (1.0 - final_sparsity) ** (c / cycles))))
+        elif schedule == "custom":
+            if not densities or len(densities) != cycles:
+                raise ValueError(f"schedule 'custom' needs {cycles} densities, got {densities!r}")
+            counts.append(int(round(total * densities[c - 1])))
         else:
-            raise ValueError(f"unknown schedule {schedule!r}; choose equal_count or geometric")
+            raise ValueError(f"unknown schedule {schedule!r}; choose equal_count, geometric or custom")
     counts[-1] = final
     for i in range(1, len(counts)):  # rounding must never make a later count larger, nor one below the final count
         counts[i] = min(max(counts[i], final), counts[i - 1])
