@@ -155,9 +155,15 @@ def test_criterion_scores_do_not_depend_on_chunking_or_prefetch(target):
     model = small_mlp(0)
     batches = synthetic_batches(0)
     runs = {}
-    for batch_size, prefetch in [(65536, False), (65536, True), (333, False), (333, True), (1, True)]:
-        criterion = AutoSCriterion(predictor=predictor, batch_size=batch_size, prefetch=prefetch)
-        runs[batch_size, prefetch] = compute_scores(model, criterion, dataloader=batches, sparsity=0.9)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # prefetching needs two threads (the suite runs single-threaded)
+    try:
+        for batch_size, prefetch in [(65536, False), (65536, True), (333, False), (333, True), (1, True)]:
+            criterion = AutoSCriterion(predictor=predictor, batch_size=batch_size, prefetch=prefetch)
+            runs[batch_size, prefetch] = compute_scores(model, criterion, dataloader=batches, sparsity=0.9)
+            assert torch.get_num_threads() == 2  # the prediction's thread budget is given back
+    finally:
+        torch.set_num_threads(threads)
     reference = runs[65536, False]
     for (batch_size, _prefetch), scores in runs.items():
         # Prefetching computes the same statistics in another thread: bit-identical. Other chunk sizes change only

@@ -23,11 +23,12 @@ class AutoSCriterion(Criterion):
 
     Args:
         predictor: An ``AutoSModel``, a folder saved with ``save_pretrained``, or a Hub id.
-        batch_size: Rows per prediction chunk (default 65536, 256 for ``paper_resnet18``, whose activations per row
-            are large).
+        batch_size: Rows per prediction chunk (default 16384, which keeps a chunk's activations in cache; 256 for
+            ``paper_resnet18``, whose activations per row are large).
         num_batches: Batches for ``g0``; default: what the predictor's config says.
         prefetch: Compute the next tensor's feature statistics in a background thread while the current one is
-            predicted (faster on two or more cores; costs the statistics of one more tensor in memory).
+            predicted, with one intra-op thread less for the prediction meanwhile (only with two or more torch
+            threads; costs the statistics of one more tensor in memory).
     """
 
     name = "autos"
@@ -43,7 +44,7 @@ class AutoSCriterion(Criterion):
             raise ValueError("criterion 'autos' needs a predictor: criterion_options={'predictor': <folder or model>}")
         self.model = load_predictor(self.predictor)
         if self.batch_size is None:
-            self.batch_size = 256 if self.model.config.architecture == "paper_resnet18" else 65536
+            self.batch_size = 256 if self.model.config.architecture == "paper_resnet18" else 16384
         uses_gradient = self.model.config.feature_set != "weight" or self.model.config.within_layer == "snip"
         self.needs_data = uses_gradient
 
@@ -88,15 +89,25 @@ class AutoSCriterion(Criterion):
         # (statistics, chunks) would pin the allocator's heap, and freed transients would not be reused or returned.
         outputs = {layer.name: torch.empty(layer.numel, dtype=torch.float32) for layer in features.layers}
         scores = {}
-        # Features are built and scored chunk by chunk: peak memory is one chunk plus per-tensor statistics.
-        for layer, columns in iter_feature_columns(features, config.feature_set, prefetch=self.prefetch):
-            flat = outputs.pop(layer.name)
-            for start in range(0, layer.numel, self.batch_size):
-                stop = min(start + self.batch_size, layer.numel)
-                columns.rows(start, stop, out=buffer)
-                flat[start:stop] = self.model.predict(buffer[: stop - start], stop - start)
-            param = context.params[layer.name].param
-            scores[layer.name] = flat.reshape(param.shape).to(param.device)
+        threads = torch.get_num_threads()
+        prefetch = self.prefetch and threads > 1
+        if prefetch:
+            # The prefetch thread takes one core for its sorts; with all intra-op threads on the prediction as well,
+            # the spinning threads oversubscribe the cores (measured: several times slower on 2 cores).
+            torch.set_num_threads(threads - 1)
+        try:
+            # Features are built and scored chunk by chunk: peak memory is one chunk plus per-tensor statistics.
+            for layer, columns in iter_feature_columns(features, config.feature_set, prefetch=prefetch):
+                flat = outputs.pop(layer.name)
+                for start in range(0, layer.numel, self.batch_size):
+                    stop = min(start + self.batch_size, layer.numel)
+                    columns.rows(start, stop, out=buffer)
+                    flat[start:stop] = self.model.predict(buffer[: stop - start], stop - start)
+                param = context.params[layer.name].param
+                scores[layer.name] = flat.reshape(param.shape).to(param.device)
+        finally:
+            if prefetch:
+                torch.set_num_threads(threads)
         return scores
 
     def batches_used(self, num_batches: int) -> int:
