@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -403,25 +403,47 @@ class LayerFeatureColumns:
                 # Every unit has the same number of weights, so the mean over weights is the mean over units.
                 self.unit_norms[name] = (index, norms, norms.mean() + tiny)
 
-    def rows(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    def constant_values(self) -> dict[str, float]:
+        """The feature columns that hold one value for the whole tensor (layer context), as float32 values."""
+        values = {
+            "log_fan_in": math.log(self.layer.fan_in),
+            "log_fan_out": math.log(self.layer.fan_out),
+            "relative_depth": float(self.layer.relative_depth),
+            "is_conv": 1.0 if self.layer.kind == "conv" else 0.0,
+            "log_numel": math.log(self.layer.numel),
+        }
+        # Rounded to float32 exactly as fill_ writes them into a row.
+        return {n: float(torch.tensor(v, dtype=torch.float32)) for n, v in values.items() if n in self.names}
+
+    def rows(
+        self, start: int, stop: int, out: torch.Tensor | None = None, names: Sequence[str] | None = None
+    ) -> torch.Tensor:
         """Feature rows ``[start, stop)`` as a ``(stop - start, F)`` float32 matrix.
 
-        ``out``: a float32 buffer of at least ``stop - start`` rows and ``F`` columns to write into (its first ``F``
-        columns; further columns are left as they are), so a caller can reuse one buffer for every chunk.
+        Args:
+            start: First row (weight position in the flattened tensor).
+            stop: One past the last row.
+            out: A float32 buffer of at least ``stop - start`` rows and ``F`` columns to write into (its first
+                ``F`` columns; further columns are left as they are), so a caller can reuse one buffer.
+            names: Only these feature columns, in this order (default: the whole feature set).
         """
+        names = self.names if names is None else tuple(names)
+        unknown = sorted(set(names) - set(self.names))
+        if unknown:
+            raise ValueError(f"features {unknown} are not in this feature set {self.names}")
         w, g = self.w[start:stop], self.g[start:stop]
         if out is None:
-            matrix = torch.empty(stop - start, len(self.names), dtype=torch.float32)
+            matrix = torch.empty(stop - start, len(names), dtype=torch.float32)
         else:
-            if out.dtype != torch.float32 or out.shape[0] < stop - start or out.shape[1] < len(self.names):
+            if out.dtype != torch.float32 or out.shape[0] < stop - start or out.shape[1] < len(names):
                 raise ValueError(
-                    f"out must be float32 with >= {stop - start} rows and >= {len(self.names)} columns, "
+                    f"out must be float32 with >= {stop - start} rows and >= {len(names)} columns, "
                     f"got {out.dtype} {tuple(out.shape)}"
                 )
-            matrix = out[: stop - start, : len(self.names)]
+            matrix = out[: stop - start, : len(names)]
         # Each column is written straight into the preallocated matrix and dropped: peak memory stays near the
         # matrix itself.
-        for j, name in enumerate(self.names):
+        for j, name in enumerate(names):
             column = matrix[:, j]
             if name == "w0":
                 column.copy_(w)

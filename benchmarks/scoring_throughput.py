@@ -66,7 +66,7 @@ def time_scoring(
 
     With ``split``, each run also reports where its time went, by wrapping what ``AutoSCriterion.score`` calls (in
     this process only): ``compute_initial_features`` (g0), ``LayerFeatureColumns.__init__`` (per-tensor statistics),
-    ``LayerFeatureColumns.rows`` (feature rows), the predictor's ``predict``; the rest is "other". Only meaningful
+    ``LayerFeatureColumns.rows`` (feature rows), the predictor's ``predict`` / ``predict_folded``; the rest is "other". Only meaningful
     without prefetch (the statistics then run on the calling thread, so the parts add up to the total). If the
     criterion stops calling one of them, that part reads 0 and lands in "other".
     """
@@ -83,6 +83,7 @@ def time_scoring(
             (LayerFeatureColumns, "__init__", "feature_statistics"),
             (LayerFeatureColumns, "rows", "feature_rows"),
             (criterion.model, "predict", "prediction"),
+            (criterion.model, "predict_folded", "prediction"),
         ]
         undo = [common.wrap_timed(owner, name, store, key) for owner, name, key in wrappers]
     runs = []

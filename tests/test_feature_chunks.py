@@ -175,3 +175,38 @@ def test_criterion_scores_do_not_depend_on_chunking_or_prefetch(target):
         if target == "membership":
             matrix = torch.cat([matrix, torch.full((matrix.shape[0], 1), math.log(0.1))], 1)
         assert torch.allclose(reference[layer.name].reshape(-1), predictor.predict(matrix), atol=1e-6)
+
+
+def test_folded_first_layer_equals_predict_for_constant_columns():
+    torch.manual_seed(4)
+    model = AutoSModel(AutoSConfig(target="membership", loss="bce"))
+    f = model.config.num_inputs
+    model.set_feature_statistics(torch.linspace(-1.0, 1.0, f), torch.linspace(0.5, 3.0, f))
+    rows = torch.randn(500, f)
+    constants = {3: 0.7, 7: -1.25, f - 1: math.log(0.05)}
+    for j, v in constants.items():
+        rows[:, j] = v
+    columns, weight_t, bias = model.fold_inputs(constants)
+    assert columns == [j for j in range(f) if j not in constants]
+    torch.testing.assert_close(model.predict_folded(rows[:, columns], weight_t, bias), model.predict(rows),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="only the mlp architecture folds"):
+        AutoSModel(AutoSConfig(architecture="paper_fc")).fold_inputs({})
+
+
+def test_rows_of_a_subset_of_columns(conv_features):
+    layer = conv_features.layers[1]
+    columns = LayerFeatureColumns(
+        conv_features.weights[layer.name], conv_features.gradients[layer.name], layer, "default",
+        conv_features.unit_columns(layer.name),
+    )
+    names = list(FEATURE_SETS["default"])
+    pick = ["rank_abs_w0g0", "w0_over_std", "out_grad_norm_rel"]
+    whole = columns.rows(0, 50)
+    assert torch.equal(columns.rows(0, 50, names=pick), whole[:, [names.index(n) for n in pick]])
+    constants = columns.constant_values()
+    assert set(constants) == {"log_fan_in", "log_fan_out", "relative_depth", "is_conv", "log_numel"}
+    for n, v in constants.items():
+        assert torch.all(whole[:, names.index(n)] == v)
+    with pytest.raises(ValueError, match="not in this feature set"):
+        columns.rows(0, 5, names=["pixels"])

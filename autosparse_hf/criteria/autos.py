@@ -29,6 +29,9 @@ class AutoSCriterion(Criterion):
         prefetch: Compute the next tensor's feature statistics in a background thread while the current one is
             predicted, with one intra-op thread less for the prediction meanwhile (only with two or more torch
             threads; costs the statistics of one more tensor in memory).
+        fold: For the ``mlp`` predictor, fold the input standardization and the columns that are constant within a
+            tensor (layer context, density) into the first layer (``AutoSModel.fold_inputs``): about twice as fast,
+            equal to ``predict`` up to float32 rounding. ``False`` scores with ``predict`` itself, bit for bit.
     """
 
     name = "autos"
@@ -36,6 +39,7 @@ class AutoSCriterion(Criterion):
     batch_size: int | None = None
     num_batches: int | None = None
     prefetch: bool = True
+    fold: bool = True
 
     def __post_init__(self) -> None:
         from ..predictor import load_predictor
@@ -78,16 +82,16 @@ class AutoSCriterion(Criterion):
             # Learned budgets, SNIP's choice inside each tensor (|w0 g0| on the batches the features used).
             return {n: (features.weights[n] * features.gradients[n]).abs().to(p.param.device)
                     for n, p in context.params.items()}
-        num_features = len(feature_names(config.feature_set))
+        names = feature_names(config.feature_set)
         membership = config.target == "membership"
-        # One reusable chunk buffer; the membership predictor's extra input, log(density) ("is this weight in the
-        # ticket at the density we prune to?"), is the same for every row and written once.
-        buffer = torch.empty(self.batch_size, num_features + int(membership), dtype=torch.float32)
-        if membership:
-            buffer[:, num_features] = math.log(max(1.0 - context.sparsity, 1e-6))
+        # The membership predictor's extra input, log(density) ("is this weight in the ticket at the density we
+        # prune to?"), is the same for every row.
+        density_input = math.log(max(1.0 - context.sparsity, 1e-6))
+        fold = self.fold and config.architecture == "mlp"
         # The outputs are allocated before the loop: long-lived blocks allocated between the loop's large transients
         # (statistics, chunks) would pin the allocator's heap, and freed transients would not be reused or returned.
         outputs = {layer.name: torch.empty(layer.numel, dtype=torch.float32) for layer in features.layers}
+        buffer = torch.empty(self.batch_size, len(names) + int(membership), dtype=torch.float32)  # reused per chunk
         scores = {}
         threads = torch.get_num_threads()
         prefetch = self.prefetch and threads > 1
@@ -99,10 +103,23 @@ class AutoSCriterion(Criterion):
             # Features are built and scored chunk by chunk: peak memory is one chunk plus per-tensor statistics.
             for layer, columns in iter_feature_columns(features, config.feature_set, prefetch=prefetch):
                 flat = outputs.pop(layer.name)
+                if fold:
+                    # Layer context and density are constant within the tensor: folded into the first layer's bias.
+                    constants = {names.index(n): v for n, v in columns.constant_values().items()}
+                    if membership:
+                        constants[len(names)] = density_input
+                    variable, weight_t, bias = self.model.fold_inputs(constants)
+                    variable_names = [names[j] for j in variable]
                 for start in range(0, layer.numel, self.batch_size):
                     stop = min(start + self.batch_size, layer.numel)
-                    columns.rows(start, stop, out=buffer)
-                    flat[start:stop] = self.model.predict(buffer[: stop - start], stop - start)
+                    if fold:
+                        chunk = columns.rows(start, stop, out=buffer, names=variable_names)
+                        flat[start:stop] = self.model.predict_folded(chunk, weight_t, bias)
+                    else:
+                        columns.rows(start, stop, out=buffer)
+                        if membership:
+                            buffer[: stop - start, len(names)] = density_input
+                        flat[start:stop] = self.model.predict(buffer[: stop - start], stop - start)
                 param = context.params[layer.name].param
                 scores[layer.name] = flat.reshape(param.shape).to(param.device)
         finally:

@@ -126,6 +126,41 @@ class AutoSModel(PreTrainedModel):
         return AutoSOutput(loss=loss, scores=scores)
 
     @torch.no_grad()
+    def fold_inputs(self, constants: dict[int, float]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """The MLP's first layer with the input standardization and the constant input columns folded in.
+
+        For rows whose columns ``constants`` (index -> value) hold the same value, ``predict`` equals
+        :meth:`predict_folded` on the remaining columns with the returned weight and bias, up to float32 rounding
+        (the sums are associated differently). Scoring a tensor this way skips the standardization and the layer's
+        constant columns (layer context, the membership density). Only the ``mlp`` architecture folds.
+
+        Returns:
+            ``(variable_columns, weight, bias)``.
+        """
+        if self.config.architecture != "mlp":
+            raise ValueError(f"only the mlp architecture folds its inputs, not {self.config.architecture!r}")
+        first = self.net[0]
+        weight = first.weight / self.feature_std  # x_std = (x - mean) / std, so W x_std = (W / std) x - (W / std) mean
+        bias = first.bias - weight @ self.feature_mean
+        columns = [j for j in range(weight.shape[1]) if j not in constants]
+        if constants:
+            index = torch.tensor(list(constants), dtype=torch.long)
+            values = torch.tensor(list(constants.values()), dtype=torch.float32)
+            bias = bias + weight[:, index] @ values
+        return columns, weight[:, columns].t().contiguous(), bias
+
+    @torch.no_grad()
+    def predict_folded(self, features: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Scores of the variable columns of rows, with a first layer from :meth:`fold_inputs` (eval mode)."""
+        hidden = torch.addmm(bias, features, weight_t)
+        for module in list(self.net)[1:]:
+            if isinstance(module, nn.ReLU):
+                hidden.relu_()
+            else:
+                hidden = torch.addmm(module.bias, hidden, module.weight.t())
+        return hidden.squeeze(-1)
+
+    @torch.no_grad()
     def predict(self, features: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
         """Scores for a feature matrix ``(n, F)``, in chunks (bounded memory), in eval mode; returns a CPU tensor."""
         was_training = self.training
