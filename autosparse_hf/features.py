@@ -341,9 +341,7 @@ def layer_feature_chunks(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    columns = LayerFeatureColumns(w0, g0, layer, feature_set, units)
-    for start in range(0, columns.n, chunk_size):
-        yield columns.rows(start, min(start + chunk_size, columns.n))
+    yield from LayerFeatureColumns(w0, g0, layer, feature_set, units).chunks(chunk_size)
 
 
 class LayerFeatureColumns:
@@ -402,6 +400,11 @@ class LayerFeatureColumns:
                 norms = torch.zeros(int(index.max()) + 1).index_add_(0, index, self.g * self.g).sqrt_()
                 # Every unit has the same number of weights, so the mean over weights is the mean over units.
                 self.unit_norms[name] = (index, norms, norms.mean() + tiny)
+
+    def chunks(self, chunk_size: int) -> Iterator[torch.Tensor]:
+        """All rows, in consecutive ``(chunk_size, F)`` matrices."""
+        for start in range(0, self.n, chunk_size):
+            yield self.rows(start, min(start + chunk_size, self.n))
 
     def constant_values(self) -> dict[str, float]:
         """The feature columns that hold one value for the whole tensor (layer context), as float32 values."""
@@ -537,13 +540,8 @@ def iter_feature_chunks(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-
-    def chunks(columns: LayerFeatureColumns) -> Iterator[torch.Tensor]:
-        for start in range(0, columns.n, chunk_size):
-            yield columns.rows(start, min(start + chunk_size, columns.n))
-
     for layer, columns in iter_feature_columns(features, feature_set, prefetch):
-        yield layer, chunks(columns)
+        yield layer, columns.chunks(chunk_size)
 
 
 def with_density(features: torch.Tensor, density: float) -> torch.Tensor:
