@@ -54,6 +54,12 @@ class AutoSCriterion(Criterion):
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         config = self.model.config
+        if config.within_layer == "synflow":
+            # Learned budgets, iterative SynFlow inside them (each tensor's own schedule towards its budget); no
+            # per-weight features needed.
+            from .synflow import SynFlowCriterion
+
+            return SynFlowCriterion(budgets=self.layer_counts(context.params, context.sparsity)).score(context)
         num_batches = self.num_batches or config.feature_num_batches
         if self.needs_data:
             # compute_scores restores the model around this criterion and the weights stay as they are while
@@ -73,11 +79,6 @@ class AutoSCriterion(Criterion):
                 layers=layer_contexts(context.params),
                 num_batches=0,
             )
-        if config.within_layer == "synflow":
-            # Learned budgets, iterative SynFlow inside them (each tensor's own schedule towards its budget).
-            from .synflow import SynFlowCriterion
-
-            return SynFlowCriterion(budgets=self.layer_counts(context.params, context.sparsity)).score(context)
         if config.within_layer == "snip":
             # Learned budgets, SNIP's choice inside each tensor (|w0 g0| on the batches the features used).
             return {n: (features.weights[n] * features.gradients[n]).abs().to(p.param.device)
