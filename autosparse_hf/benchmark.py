@@ -44,6 +44,7 @@ class BenchmarkTarget:
     sparsities: list[float] | None = None
     epochs: float | None = None
     irp_reference: bool = False
+    irp_reference_seeds: list[int] | None = None
     source_reference: bool = False
 
 
@@ -167,7 +168,7 @@ def irp_references(config: BenchmarkConfig, target: BenchmarkTarget, recipe: Tra
 
     irp_config = IRPConfig(densities=reference_densities(target.sparsities or config.sparsities))
     rows = []
-    for seed in target.seeds or config.seeds:
+    for seed in target.irp_reference_seeds or target.seeds or config.seeds:
         folder = Path(config.output_dir) / target.name / f"irp-seed{seed}"
         if irp_run_complete(folder):
             history = json.loads((folder / "irp" / "irp_run.json").read_text())["history"]
