@@ -255,12 +255,18 @@ def target_section(target: BenchmarkTarget, rows: list[dict[str, Any]], referenc
     high = [r for r in rows if r["sparsity"] in (0.98, 0.99)]
     ref_note = ""
     if references:
-        ref_note = (
-            "\nReferences: `irp-ticket` is the IRP ticket of the same seed, `irp-ticket (source seed)` the source "
-            "run's own ticket (one seed, no spread), each at the nearest density of the 20-cycle schedule: "
-            + ", ".join(sorted({f"{100 * r['sparsity']:g}% -> {100 * r['ticket_sparsity']:.2f}%" for r in references}))
-            + ".\n"
-        )
+        parts = []
+        for label, what in (
+            ("irp-ticket", "the trained IRP ticket of the same seed (an IRP run per seed whose schedule has a cycle at "
+             "every benchmark density)"),
+            ("irp-ticket (source seed)", "the source run's own trained ticket (one seed, no spread) at the nearest "
+             "density of its schedule"),
+        ):
+            refs = [r for r in references if r["criterion"] == label]
+            if refs:
+                pairs = sorted({(r["sparsity"], r["ticket_sparsity"]) for r in refs})
+                parts.append(f"`{label}` is {what}: " + ", ".join(f"{100 * s:g}% -> {100 * t:.2f}%" for s, t in pairs))
+        ref_note = "\nReferences: " + "; ".join(parts) + ".\n"
     return f"""### {target.name}: {target.model} on {target.task} ({target.kind})
 
 Test accuracy (%), mean ± std over seeds {sorted({r['seed'] for r in rows})}.
