@@ -42,8 +42,8 @@ class PipelineArguments:
     autos_budgets: str = field(default="learned", metadata={"help": "Learned layer budgets (learned) or none."})
     autos_balance_layers: bool = field(default=True, metadata={"help": "Weight every tensor alike in the loss."})
     autos_within_layer: str = field(
-        default="snip",
-        metadata={"help": "Ranking inside tensors: snip (see BENCHMARKS.md), synflow or predictor."},
+        default="synflow",
+        metadata={"help": "Ranking inside tensors: synflow (best measured, see BENCHMARKS.md), snip or predictor."},
     )
     disable_tqdm: bool = field(default=True, metadata={"help": "Hide the Trainer progress bars."})
 

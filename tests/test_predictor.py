@@ -524,7 +524,7 @@ def test_training_arguments_fail_fast(kwargs, value):
 def test_training_arguments_default_to_the_measured_default():
     args = AutoSTrainingArguments()
     assert (args.target, args.loss, args.budgets, args.balance_layers, args.within_layer) == (
-        "membership", "bce", "learned", True, "snip"
+        "membership", "bce", "learned", True, "synflow"
     )
     assert AutoSTrainingArguments(target="survival").loss == "mse"  # loss="auto" follows the target
     assert AutoSTrainingArguments(target="survival", loss="ranking").loss == "ranking"

@@ -28,9 +28,10 @@ logger = logging.getLogger(__name__)
 class AutoSTrainingArguments:
     """What to train on and how.
 
-    The defaults are the library's measured default (BENCHMARKS.md, issue-7 ablation): a per-weight MLP over the
+    The defaults are the library's measured default (BENCHMARKS.md, issue-5/7 ablations): a per-weight MLP over the
     default features on the density-conditioned membership target with layer-balanced BCE, a learned layer-budget
-    model, and SNIP ranking inside tensors at prune time. The paper's setup (arXiv 2408.14757: surviving score, MSE,
+    model, and iterative SynFlow ranking inside the learned budgets at prune time (``within_layer="snip"`` ties it
+    in-distribution and loses on transfer). The paper's setup (arXiv 2408.14757: surviving score, MSE,
     raw ``w0``/``g0``, one global threshold) is ``target="survival", feature_set="paper", budgets="none",
     balance_layers=False, within_layer="predictor"`` (``recipes/configs/ablation/paper.yaml``); trained on one run it
     can empty a whole layer at high sparsity.
@@ -59,7 +60,7 @@ class AutoSTrainingArguments:
     balance_layers: bool = field(default=True, metadata={"help": "Weight rows so every tensor counts alike."})
     budget_ridge: float = field(default=1e-2, metadata={"help": "Ridge penalty of the layer-budget model."})
     within_layer: str = field(
-        default="snip", metadata={"help": "Ranking inside a tensor at prune time: snip, synflow or predictor."}
+        default="synflow", metadata={"help": "Ranking inside a tensor at prune time: synflow, snip or predictor."}
     )
     epochs: float = field(default=10.0, metadata={"help": "Epochs over the training rows."})
     batch_size: int = field(default=4096, metadata={"help": "Rows per optimizer step."})
