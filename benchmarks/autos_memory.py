@@ -5,9 +5,11 @@ weights), one batch of random images and an untrained default predictor (``AutoS
 one has the same size), then resets the kernel's RSS high-water mark (VmHWM) and runs one of
 
 * ``autos``: ``compute_scores(model, AutoSCriterion(predictor=..., num_batches=1), dataloader=[batch])``, the
-  criterion path (state snapshot, ``g0`` and unit statistics, per-tensor feature statistics computed one tensor
-  ahead in a background thread, feature rows and prediction chunk by chunk);
-* ``autos_sequential``: the same with ``prefetch=False`` (one tensor's statistics at a time, no second thread);
+  criterion path as configured by default (state snapshot, ``g0`` and unit statistics, per-tensor feature
+  statistics, feature rows and prediction chunk by chunk);
+* ``autos_sequential``: the same with ``prefetch=False`` set explicitly (one tensor's statistics at a time, no
+  second thread);
+* ``autos_prefetch``: the same with ``prefetch=True`` (the next tensor's statistics in a background thread);
 * ``autos_prune``: ``prune_at_init`` with the same criterion: scoring, top-k selection and applying the masks;
 * ``features``: ``compute_initial_features`` alone (``w0``, ``g0``), the part every gradient-based criterion needs;
 * ``magnitude``: ``compute_scores(model, "magnitude")``, the cheapest criterion through the same path;
@@ -28,7 +30,7 @@ import time
 
 import _common as common
 
-MEASUREMENTS = ("autos", "autos_sequential", "autos_prune", "features", "magnitude")
+MEASUREMENTS = ("autos", "autos_sequential", "autos_prefetch", "autos_prune", "features", "magnitude")
 TARGET_MB = 400.0
 
 
@@ -84,8 +86,8 @@ def child(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         if args._child == "autos":
             result = compute_scores(model, criterion, dataloader=batches, sparsity=0.9)
-        elif args._child == "autos_sequential":
-            criterion.prefetch = False
+        elif args._child in ("autos_sequential", "autos_prefetch"):
+            criterion.prefetch = args._child == "autos_prefetch"
             result = compute_scores(model, criterion, dataloader=batches, sparsity=0.9)
         elif args._child == "autos_prune":
             result = prune_at_init(model, criterion, 0.9, batches)

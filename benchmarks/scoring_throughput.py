@@ -3,9 +3,10 @@
 Measures weights per second of ``compute_scores(model, AutoSCriterion(predictor=AutoSModel(AutoSConfig())), ...)``
 on a freshly initialized timm model (default ``resnet18``): the initial gradient ``g0`` over one batch of random
 images, the per-tensor feature statistics and feature rows, and the MLP prediction, everything the ``autos``
-criterion does for a per-weight predictor; with the background prefetch (the default) and sequentially with a time
-split. It also times the library's default predictor (learned layer budgets, SNIP's ``|w0 g0|`` inside tensors,
-no per-weight prediction). The same run times the paper's predictor (``architecture="paper_resnet18"``) on a sample
+criterion does for a per-weight predictor; sequentially (the default) with a time split, and with the background
+prefetch of the next tensor's statistics. It also times the two predictors that rank inside learned layer budgets
+without per-weight prediction: SNIP's ``|w0 g0|`` inside tensors, and iterative SynFlow inside them (the library's
+default; 100 rounds, one run). The same run times the paper's predictor (``architecture="paper_resnet18"``) on a sample
 of feature rows, so the ratios are taken under the same machine load. Untrained predictors score exactly as fast
 as trained ones. The target applies to the per-weight MLP path.
 
@@ -131,9 +132,13 @@ def main(argv: list[str] | None = None) -> dict:
     # a time split (sequential, so the parts add up to the total).
     predictor = AutoSModel(AutoSConfig())
     runs = {
-        "prefetch": time_scoring(model, batches, AutoSCriterion(predictor=predictor, num_batches=1), args, split=False, numel=numel),
+        "prefetch": time_scoring(
+            model, batches, AutoSCriterion(predictor=predictor, num_batches=1, prefetch=True), args, split=False,
+            numel=numel,
+        ),
         "sequential": time_scoring(
-            model, batches, AutoSCriterion(predictor=predictor, num_batches=1, prefetch=False), args, split=True, numel=numel
+            model, batches, AutoSCriterion(predictor=predictor, num_batches=1, prefetch=False), args, split=True,
+            numel=numel,
         ),
     }
     autos_seconds = min(common.median([r["seconds"] for r in rs]) for rs in runs.values())
@@ -142,13 +147,22 @@ def main(argv: list[str] | None = None) -> dict:
     autos_split = {k: common.median([r[k] for r in runs["sequential"]]) for k in split_keys}
     autos_rate = numel / autos_seconds
     autos_prediction_rate = numel / autos_split["prediction_s"] if autos_split["prediction_s"] > 0 else None
-    # --- the library's default predictor: learned layer budgets, SNIP's |w0 g0| inside tensors (no per-weight
-    # features to build or predict; the budgets act at selection time).
+    # --- learned layer budgets, SNIP's |w0 g0| inside tensors (no per-weight features to build or predict; the
+    # budgets act at selection time).
     default_predictor = AutoSModel(AutoSConfig(target="membership", loss="bce", within_layer="snip"))
     default_runs = time_scoring(
         model, batches, AutoSCriterion(predictor=default_predictor, num_batches=1), args, split=False, numel=numel
     )
     default_seconds = common.median([r["seconds"] for r in default_runs])
+    # --- the library's default predictor: iterative SynFlow (100 rounds) inside the learned budgets. An untrained
+    # predictor has no budget model, so this times SynFlow's 100 rounds with a global split, the same work. Slow
+    # by nature (100 forward/backward passes and selections): one untimed-warm-up-free run.
+    synflow_predictor = AutoSModel(AutoSConfig(target="membership", loss="bce", within_layer="synflow"))
+    one_run = argparse.Namespace(**{**vars(args), "warmup": 0, "repeats": 1})
+    synflow_runs = time_scoring(
+        model, batches, AutoSCriterion(predictor=synflow_predictor, num_batches=1), one_run, split=False, numel=numel
+    )
+    synflow_seconds = synflow_runs[0]["seconds"]
 
     # --- the paper's predictor on a sample of rows, same process, same load
     torch.manual_seed(args.seed)
@@ -177,6 +191,11 @@ def main(argv: list[str] | None = None) -> dict:
             "prediction_weights_per_s": autos_prediction_rate,
             "split_median": autos_split,
             "runs": runs,
+        },
+        "autos_synflow_inside": {
+            "within_layer": "synflow",
+            "seconds": synflow_seconds,
+            "weights_per_s": numel / synflow_seconds,
         },
         "autos_default": {
             "within_layer": "snip",
@@ -207,15 +226,18 @@ def main(argv: list[str] | None = None) -> dict:
     by_mode = results["autos"]["seconds_median_by_mode"]
     rows = [
         ["AutoS mlp (per-weight ranking), end to end, best mode", numel, autos_seconds, autos_rate, autos_seconds],
-        ["  with prefetch (criterion default)", numel, by_mode["prefetch"], numel / by_mode["prefetch"], ""],
-        ["  sequential (prefetch=False)", numel, by_mode["sequential"], numel / by_mode["sequential"], ""],
+        ["  sequential (prefetch=False, the criterion's default)", numel, by_mode["sequential"],
+         numel / by_mode["sequential"], ""],
+        ["  with prefetch=True", numel, by_mode["prefetch"], numel / by_mode["prefetch"], ""],
         ["    of which g0 (1 batch)", numel, autos_split["gradient_s"], "", ""],
         ["    of which feature statistics (scales, ranks, unit norms)", numel, autos_split["feature_statistics_s"], "", ""],
         ["    of which feature rows", numel, autos_split["feature_rows_s"], "", ""],
         ["    of which prediction", numel, autos_split["prediction_s"], autos_prediction_rate, ""],
         ["    of which other (state, checks)", numel, autos_split["other_s"], "", ""],
-        ["AutoS default (learned budgets, SNIP inside tensors)", numel, default_seconds, numel / default_seconds,
+        ["AutoS, learned budgets + SNIP inside tensors", numel, default_seconds, numel / default_seconds,
          default_seconds],
+        ["AutoS default, learned budgets + SynFlow inside (100 rounds, 1 run)", numel, synflow_seconds,
+         numel / synflow_seconds, synflow_seconds],
         ["paper_resnet18, prediction only", len(sample), paper_seconds, paper_rate, numel / paper_rate],
         ["ratio AutoS mlp / paper_resnet18", "", "", results["ratio_autos_over_paper"], ""],
         ["target", numel, numel / args.target_weights_per_s, args.target_weights_per_s, numel / args.target_weights_per_s],
