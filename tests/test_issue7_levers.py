@@ -165,6 +165,7 @@ def test_within_layer_synflow_runs_synflow_inside_the_learned_budgets(tmp_path):
     params = A.get_prunable_parameters(net)
     counts = predict_layer_counts(model.config.budget_model, A.features.layer_contexts(params), 0.1)
     masks = A.prune_at_init(net, "autos", 0.9, loader, criterion_options={"predictor": str(tmp_path / "p")})
+    assert masks.metadata["num_batches"] == 0  # data-free: a batch only shows the input's shape
     expected = A.prune_at_init(small_mlp(seed=7), SynFlowCriterion(budgets=counts), 0.9, loader)
     for name, mask in masks.items():
         assert int(mask.sum()) == counts[name]

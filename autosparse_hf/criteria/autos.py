@@ -133,7 +133,10 @@ class AutoSCriterion(Criterion):
 
     def batches_used(self, num_batches: int) -> int:
         # The predictor's features were built with its own batch count; prune_at_init's num_batches does not apply.
-        return (self.num_batches or self.model.config.feature_num_batches) if self.needs_data else 0
+        # SynFlow inside the budgets is data-free (a batch only shows the input's shape).
+        if not self.needs_data or self.model.config.within_layer == "synflow":
+            return 0
+        return self.num_batches or self.model.config.feature_num_batches
 
     def layer_counts(self, params: dict[str, Any], sparsity: float) -> dict[str, int] | None:
         """The predictor's learned layer budgets at ``sparsity``, when it has a budget model."""

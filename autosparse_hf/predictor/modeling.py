@@ -151,14 +151,15 @@ class AutoSModel(PreTrainedModel):
 
     @torch.no_grad()
     def predict_folded(self, features: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Scores of the variable columns of rows, with a first layer from :meth:`fold_inputs` (eval mode)."""
-        hidden = torch.addmm(bias, features, weight_t)
+        """Scores of the variable columns of rows, with a first layer from :meth:`fold_inputs` (eval mode); returns
+        a CPU tensor, like :meth:`predict`."""
+        hidden = torch.addmm(bias, features.to(weight_t.device), weight_t)
         for module in list(self.net)[1:]:
             if isinstance(module, nn.ReLU):
                 hidden.relu_()
             else:
                 hidden = torch.addmm(module.bias, hidden, module.weight.t())
-        return hidden.squeeze(-1)
+        return hidden.squeeze(-1).float().cpu()
 
     @torch.no_grad()
     def predict(self, features: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
