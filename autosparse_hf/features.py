@@ -326,24 +326,6 @@ def layer_feature_matrix(
     return columns.rows(0, columns.n)
 
 
-def layer_feature_chunks(
-    w0: torch.Tensor,
-    g0: torch.Tensor,
-    layer: LayerContext,
-    feature_set: str = "default",
-    units: Mapping[str, torch.Tensor] | None = None,
-    chunk_size: int = 65536,
-) -> Iterator[torch.Tensor]:
-    """The rows of :func:`layer_feature_matrix` in consecutive chunks of ``chunk_size`` rows, bit-identical to it.
-
-    Only the per-tensor statistics (scales, within-tensor ranks, unit norms) are held for the whole tensor; each
-    chunk's ``(chunk_size, F)`` matrix is built when asked for, so scoring never holds a whole ``(n, F)`` matrix.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    yield from LayerFeatureColumns(w0, g0, layer, feature_set, units).chunks(chunk_size)
-
-
 class LayerFeatureColumns:
     """Per-tensor statistics of a feature set, and the feature rows ``[start, stop)`` computed from them.
 
@@ -402,7 +384,9 @@ class LayerFeatureColumns:
                 self.unit_norms[name] = (index, norms, norms.mean() + tiny)
 
     def chunks(self, chunk_size: int) -> Iterator[torch.Tensor]:
-        """All rows, in consecutive ``(chunk_size, F)`` matrices."""
+        """All rows, in consecutive ``(chunk_size, F)`` matrices, bit-identical to :func:`layer_feature_matrix`."""
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         for start in range(0, self.n, chunk_size):
             yield self.rows(start, min(start + chunk_size, self.n))
 
@@ -488,18 +472,12 @@ class LayerFeatureColumns:
 
 def iter_feature_matrices(features: InitialFeatures, feature_set: str = "default"):  # noqa: ANN201
     """Yield ``(layer, matrix)`` for every prunable tensor of ``features``, one tensor at a time (bounded memory)."""
-    for layer in features.layers:
-        yield layer, layer_feature_matrix(
-            features.weights[layer.name],
-            features.gradients[layer.name],
-            layer,
-            feature_set,
-            features.unit_columns(layer.name),
-        )
+    for layer, columns in iter_feature_columns(features, feature_set):
+        yield layer, columns.rows(0, columns.n)
 
 
 def iter_feature_columns(
-    features: InitialFeatures, feature_set: str = "default", prefetch: bool = True
+    features: InitialFeatures, feature_set: str = "default", prefetch: bool = False
 ) -> Iterator[tuple[LayerContext, LayerFeatureColumns]]:
     """Yield ``(layer, columns)`` for every prunable tensor; ``columns.rows(start, stop)`` builds feature rows.
 
@@ -529,19 +507,6 @@ def iter_feature_columns(
                 pending = pool.submit(columns, layers[i + 1])
             yield layer, current
             del current
-
-
-def iter_feature_chunks(
-    features: InitialFeatures, feature_set: str = "default", chunk_size: int = 65536, prefetch: bool = False
-) -> Iterator[tuple[LayerContext, Iterator[torch.Tensor]]]:
-    """Yield ``(layer, chunks)`` for every prunable tensor: ``chunks`` iterates :func:`layer_feature_chunks`.
-
-    Consume each tensor's ``chunks`` before asking for the next tensor.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    for layer, columns in iter_feature_columns(features, feature_set, prefetch):
-        yield layer, columns.chunks(chunk_size)
 
 
 def with_density(features: torch.Tensor, density: float) -> torch.Tensor:

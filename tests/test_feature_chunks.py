@@ -16,10 +16,8 @@ from autosparse_hf.features import (
     FEATURE_SETS,
     LayerFeatureColumns,
     _rank01,
-    iter_feature_chunks,
     iter_feature_columns,
     iter_feature_matrices,
-    layer_feature_chunks,
     layer_feature_matrix,
 )
 from autosparse_hf.gradients import average_gradients
@@ -56,23 +54,31 @@ def conv_features():
     return compute_initial_features(SmallConv(), _conv_batches(), 2)
 
 
+def _columns(features, index: int, feature_set: str = "default") -> LayerFeatureColumns:
+    layer = features.layers[index]
+    return LayerFeatureColumns(
+        features.weights[layer.name], features.gradients[layer.name], layer, feature_set,
+        features.unit_columns(layer.name),
+    )
+
+
 @pytest.mark.parametrize("feature_set", sorted(FEATURE_SETS))
 @pytest.mark.parametrize("chunk_size", [1, 7, 100, 10**6])
 def test_chunks_are_bit_identical_to_the_whole_matrix(conv_features, feature_set, chunk_size):
-    for layer, chunks in iter_feature_chunks(conv_features, feature_set, chunk_size):
+    for layer, columns in iter_feature_columns(conv_features, feature_set):
         whole = layer_feature_matrix(
             conv_features.weights[layer.name], conv_features.gradients[layer.name], layer, feature_set,
             conv_features.unit_columns(layer.name),
         )
-        parts = list(chunks)
+        parts = list(columns.chunks(chunk_size))
         assert all(p.shape[0] <= chunk_size for p in parts)
         assert torch.equal(torch.cat(parts), whole)
 
 
 def test_prefetch_yields_the_same_rows_in_the_same_order(conv_features):
     plain = [(layer.name, m) for layer, m in iter_feature_matrices(conv_features)]
-    fetched = [(layer.name, torch.cat(list(c))) for layer, c in iter_feature_chunks(conv_features, chunk_size=50,
-                                                                                    prefetch=True)]
+    fetched = [(layer.name, torch.cat(list(c.chunks(50)))) for layer, c in iter_feature_columns(conv_features,
+                                                                                                 prefetch=True)]
     assert [n for n, _ in plain] == [n for n, _ in fetched]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(plain, fetched, strict=True))
     layers = [layer.name for layer, _ in iter_feature_columns(conv_features, prefetch=True)]
@@ -80,11 +86,7 @@ def test_prefetch_yields_the_same_rows_in_the_same_order(conv_features):
 
 
 def test_rows_write_into_a_reused_buffer_and_leave_extra_columns(conv_features):
-    layer = conv_features.layers[0]
-    columns = LayerFeatureColumns(
-        conv_features.weights[layer.name], conv_features.gradients[layer.name], layer, "default",
-        conv_features.unit_columns(layer.name),
-    )
+    columns = _columns(conv_features, 0)
     f = len(FEATURE_SETS["default"])
     buffer = torch.full((64, f + 1), 7.0)
     view = columns.rows(10, 30, out=buffer)
@@ -94,8 +96,7 @@ def test_rows_write_into_a_reused_buffer_and_leave_extra_columns(conv_features):
     with pytest.raises(ValueError, match="out must be float32 with >= 20 rows"):
         columns.rows(0, 20, out=torch.empty(10, f))
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
-        next(layer_feature_chunks(conv_features.weights[layer.name], conv_features.gradients[layer.name], layer,
-                                  "paper", chunk_size=0))
+        next(_columns(conv_features, 0, "paper").chunks(0))
 
 
 def test_unit_features_without_unit_columns_fail_clearly(conv_features):
@@ -195,11 +196,7 @@ def test_folded_first_layer_equals_predict_for_constant_columns():
 
 
 def test_rows_of_a_subset_of_columns(conv_features):
-    layer = conv_features.layers[1]
-    columns = LayerFeatureColumns(
-        conv_features.weights[layer.name], conv_features.gradients[layer.name], layer, "default",
-        conv_features.unit_columns(layer.name),
-    )
+    columns = _columns(conv_features, 1)
     names = list(FEATURE_SETS["default"])
     pick = ["rank_abs_w0g0", "w0_over_std", "out_grad_norm_rel"]
     whole = columns.rows(0, 50)
