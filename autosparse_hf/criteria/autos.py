@@ -33,7 +33,7 @@ class AutoSCriterion(Criterion):
             statistics; benchmarks/scoring_throughput.py, autos_memory.py). It can help when the prediction is
             slow relative to the sorts.
         fold: For the ``mlp`` predictor, fold the input standardization and the columns that are constant within a
-            tensor (layer context, density) into the first layer (``AutoSModel.fold_inputs``): about twice as fast,
+            tensor (layer context, density) into the first layer (``AutoSModel.fold_inputs``): fewer columns and no standardization pass,
             equal to ``predict`` up to float32 rounding. ``False`` scores with ``predict`` itself, bit for bit.
     """
 
@@ -101,7 +101,7 @@ class AutoSCriterion(Criterion):
         prefetch = self.prefetch and threads > 1
         if prefetch:
             # The prefetch thread takes one core for its sorts; with all intra-op threads on the prediction as well,
-            # the spinning threads oversubscribe the cores (measured: several times slower on 2 cores).
+            # the spinning threads oversubscribe the cores.
             torch.set_num_threads(threads - 1)
         try:
             # Features are built and scored chunk by chunk: peak memory is one chunk plus per-tensor statistics.
