@@ -28,13 +28,13 @@ class AutoSCriterion(Criterion):
         num_batches: Batches for ``g0``; default: what the predictor's config says.
         prefetch: Compute the next tensor's feature statistics in a background thread while the current one is
             predicted, with one intra-op thread less for the prediction meanwhile (only with two or more torch
-            threads). Off by default: on a quiet 2-core machine the sequential path was faster (1.37 s against
-            1.71 s for ResNet-18) and needs less memory (a second allocator arena and a second tensor's
+            threads). Off by default: on a quiet 2-core machine the sequential path was faster (1.39 s against
+            1.66 s for ResNet-18) and needs less memory (a second allocator arena and a second tensor's
             statistics; benchmarks/scoring_throughput.py, autos_memory.py). It can help when the prediction is
             slow relative to the sorts.
         fold: For the ``mlp`` predictor, fold the input standardization and the columns that are constant within a
-            tensor (layer context, density) into the first layer (``AutoSModel.fold_inputs``): fewer columns and no standardization pass,
-            equal to ``predict`` up to float32 rounding. ``False`` scores with ``predict`` itself, bit for bit.
+            tensor (layer context, density) into the first layer (``AutoSModel.fold_inputs``): fewer columns and
+            no standardization pass, equal to ``predict`` up to float32 rounding. ``False`` scores with ``predict`` itself, bit for bit.
     """
 
     name = "autos"
