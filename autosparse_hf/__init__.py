@@ -4,6 +4,7 @@ AutoSparse (Liu et al. 2024, "Learning effective pruning at initialization from 
 arXiv 2408.14757) on transformers, datasets, accelerate, evaluate, torch and timm.
 """
 
+from .allocation import Allocation, LayerBudgets, get_allocation, list_budgets, register_allocation
 from .callbacks import AutoSCallback, PaICallback
 from .criteria import Criterion, ScoringContext, compute_scores, get_criterion, list_criteria, register_criterion
 from .families import TimmForImageClassification, get_family, get_prunable_parameters
@@ -11,8 +12,9 @@ from .features import FEATURE_SCHEMA_VERSION, InitialFeatures, LayerContext, com
 from .irp import IRPCallback, IRPConfig, kept_counts
 from .masks import MaskEnforcer, MaskSet, select_masks
 from .predictor import AutoSConfig, AutoSModel, load_predictor
-from .pruning import prune_at_init
-from .scores import (
+from .pruning import PruneConfig, prune_at_init
+from .records import (
+    IRPRecord,
     build_score_dataset,
     build_score_dataset_from_run,
     load_score_dataset,
@@ -25,6 +27,13 @@ from .training import TrainRecipe, train_and_evaluate
 __version__ = "0.1.0"
 
 __all__ = [
+    "Allocation",
+    "IRPRecord",
+    "LayerBudgets",
+    "PruneConfig",
+    "get_allocation",
+    "list_budgets",
+    "register_allocation",
     "AutoSCallback",
     "AutoSConfig",
     "AutoSModel",

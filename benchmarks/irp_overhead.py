@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -106,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from autosparse_hf import IRPCallback, IRPConfig, TrainRecipe
     from autosparse_hf.irp.runner import IRPRunArguments, run_irp
+    from autosparse_hf.records import read_run_info
 
     datasets.disable_progress_bars()  # the score dataset's save progress bars; output only
     recipe = TrainRecipe(epochs=args.epochs)
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
                 fn()
         for i in range(before, args.dense_repeats):
             dense_runs.append(dense_cycle(args, recipe, f"{tmp}/dense{i}"))
-        run_info = json.loads((Path(tmp) / "irp" / "irp" / "irp_run.json").read_text())
+        run_info = read_run_info(Path(tmp) / "irp")
 
     n_cycles = config.training_cycles
     dense_loop = common.median([loop for loop, _ in dense_runs])

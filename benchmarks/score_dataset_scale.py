@@ -1,7 +1,7 @@
 """Score dataset at ResNet-18 scale: build time, save time, size on disk, peak memory, memory-mapped loading.
 
 Builds a surviving-score dataset with one row per prunable weight of a timm model (default ``resnet18``, 11.7M rows)
-with ``autosparse_hf.scores.build_score_dataset``, from fake ``InitialFeatures``: the model's real layer contexts
+with ``autosparse_hf.records.build_score_dataset``, from fake ``InitialFeatures``: the model's real layer contexts
 (``autosparse_hf.features.layer_contexts``) with random ``w0``, ``g0`` and ``cycle_pruned``. Reports the build and
 ``save_score_dataset`` times, the size of the Arrow folder and of the Parquet file, the peak RSS increase during
 build and save (the kernel's high-water mark VmHWM, reset before each phase, so Arrow's buffers count), and the
@@ -49,7 +49,7 @@ def load_child(path: str) -> None:
     Reports the peak RSS increase (VmHWM: private memory and the touched pages of the memory-mapped files), the peak
     private (anonymous) memory increase, sampled, and the file-backed pages mapped at the end.
     """
-    from autosparse_hf.scores import load_score_dataset
+    from autosparse_hf.records import load_score_dataset
 
     before = common.rss_parts_bytes()
     with common.PeakRSS() as peak, common.AnonPeakSampler() as anon:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     import datasets
 
-    from autosparse_hf.scores import build_score_dataset, save_score_dataset
+    from autosparse_hf.records import build_score_dataset, save_score_dataset
 
     datasets.disable_progress_bars()
     features, cycle_pruned, run_info, model_rows = fake_run(args.model, args.rows, args.cycles, args.seed)

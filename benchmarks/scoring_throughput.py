@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     common.apply_threads(args.threads)
     import timm
 
-    from autosparse_hf import AutoSConfig, AutoSModel, get_prunable_parameters
+    from autosparse_hf import AutoSConfig, AutoSModel, get_criterion, get_prunable_parameters
     from autosparse_hf.criteria.autos import AutoSCriterion
 
     torch.manual_seed(args.seed)
@@ -147,21 +147,15 @@ def main(argv: list[str] | None = None) -> dict:
     autos_split = {k: common.median([r[k] for r in runs["sequential"]]) for k in split_keys}
     autos_rate = numel / autos_seconds
     autos_prediction_rate = numel / autos_split["prediction_s"] if autos_split["prediction_s"] > 0 else None
-    # --- learned layer budgets, SNIP's |w0 g0| inside tensors (no per-weight features to build or predict; the
-    # budgets act at selection time).
-    default_predictor = AutoSModel(AutoSConfig(target="membership", loss="bce", within_layer="snip"))
-    default_runs = time_scoring(
-        model, batches, AutoSCriterion(predictor=default_predictor, num_batches=1), args, split=False, numel=numel
-    )
+    # --- SNIP inside learned layer budgets (budgets="learned"): the scoring is SNIP's |w0 g0| on one batch; the
+    # budgets act at selection time, so the criterion alone is what is timed.
+    default_runs = time_scoring(model, batches, get_criterion("snip"), args, split=False, numel=numel)
     default_seconds = common.median([r["seconds"] for r in default_runs])
-    # --- the library's default predictor: iterative SynFlow (100 rounds) inside the learned budgets. An untrained
-    # predictor has no budget model, so this times SynFlow's 100 rounds with a global split, the same work. Slow
-    # by nature (100 forward/backward passes and selections): one untimed-warm-up-free run.
-    synflow_predictor = AutoSModel(AutoSConfig(target="membership", loss="bce", within_layer="synflow"))
+    # --- the library's default recipe: iterative SynFlow (100 rounds) inside the learned budgets. Without a trained
+    # budget model this times SynFlow's 100 rounds with a global split, the same work. Slow by nature (100
+    # forward/backward passes and selections): one untimed-warm-up-free run.
     one_run = argparse.Namespace(**{**vars(args), "warmup": 0, "repeats": 1})
-    synflow_runs = time_scoring(
-        model, batches, AutoSCriterion(predictor=synflow_predictor, num_batches=1), one_run, split=False, numel=numel
-    )
+    synflow_runs = time_scoring(model, batches, get_criterion("synflow"), one_run, split=False, numel=numel)
     synflow_seconds = synflow_runs[0]["seconds"]
 
     # --- the paper's predictor on a sample of rows, same process, same load

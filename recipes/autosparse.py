@@ -9,7 +9,7 @@ IRP on LeNet-300-100 / MNIST (20 cycles to 99%) -> score dataset -> AutoS predic
 
 from autosparse_hf.cli import parse_recipe_args
 from autosparse_hf.irp import IRPConfig
-from autosparse_hf.pipeline import PipelineArguments, run_pipeline
+from autosparse_hf.study.pipeline import PipelineArguments, run_pipeline
 from autosparse_hf.training import TrainRecipe
 
 

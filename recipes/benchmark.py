@@ -9,7 +9,7 @@ Writes per target: grid results (CSV, Markdown), per-layer densities, accuracy.p
 
 import argparse
 
-from autosparse_hf.benchmark import BenchmarkConfig, run_benchmark
+from autosparse_hf.study.benchmark import BenchmarkConfig, run_benchmark
 
 
 def main() -> None:

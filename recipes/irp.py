@@ -21,7 +21,7 @@ def main() -> None:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        from autosparse_hf.irp.report import cycle_table_markdown
+        from autosparse_hf.records.report import cycle_table_markdown
 
         print(cycle_table_markdown(irp.history))
         print(f"\nscore dataset and report written to {run.output_dir}/irp")

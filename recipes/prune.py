@@ -8,14 +8,14 @@ Writes results.csv, results.md (mean ± std test accuracy over seeds) and layers
 """
 
 from autosparse_hf.cli import parse_recipe_args
-from autosparse_hf.experiments import PaIGridConfig, run_pai_grid
+from autosparse_hf.study.grid import PaIGridConfig, run_pai_grid
 from autosparse_hf.training import TrainRecipe
 
 
 def main() -> None:
     config, recipe = parse_recipe_args([PaIGridConfig, TrainRecipe])
     rows = run_pai_grid(config, recipe)
-    from autosparse_hf.experiments import markdown_table, summarize
+    from autosparse_hf.study.grid import markdown_table, summarize
 
     print(markdown_table(summarize(rows)))
     print(f"\nwritten to {config.output_dir}")

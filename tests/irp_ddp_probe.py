@@ -20,6 +20,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from autosparse_hf.irp import IRPCallback
+from autosparse_hf.irp import callback as irp_callback_module
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "irp.py"
 calls = {"save_run": 0, "checkpoint_state": 0}
@@ -34,7 +35,7 @@ def masks_sha256(masks) -> str:  # noqa: ANN001
 
 
 original_save_run = IRPCallback.save_run
-original_save_state = IRPCallback._save_checkpoint_state
+original_save_state = irp_callback_module.save_training_state
 original_train_end = IRPCallback.on_train_end
 
 
@@ -43,9 +44,9 @@ def save_run(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
     return original_save_run(self, *args, **kwargs)
 
 
-def save_state(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+def save_state(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
     calls["checkpoint_state"] += 1
-    return original_save_state(self, *args, **kwargs)
+    return original_save_state(*args, **kwargs)
 
 
 def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
@@ -71,7 +72,7 @@ def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
 
 
 IRPCallback.save_run = save_run
-IRPCallback._save_checkpoint_state = save_state
+irp_callback_module.save_training_state = save_state
 IRPCallback.on_train_end = on_train_end
 
 if __name__ == "__main__":

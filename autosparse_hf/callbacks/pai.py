@@ -1,4 +1,4 @@
-"""Trainer callbacks that prune at initialization and keep the masks enforced to the end of training."""
+"""``PaICallback`` and ``AutoSCallback``: prune when training begins, keep the mask enforced to the end."""
 
 from __future__ import annotations
 
@@ -9,44 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from .criteria import Criterion
-from .masks import MaskEnforcer, MaskSet, check_sparsity
-from .pruning import Budget, prune_at_init
+from ..criteria import Criterion
+from ..masks import MaskSet
+from ..pruning import PruneConfig, make_prune_config, prune_with_config
+from .enforcing import MaskEnforcingCallback
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_MASK_DIR = "pai_masks"
-
-
-class MaskEnforcingCallback(TrainerCallback):
-    """Base of the pruning callbacks: holds one ``MaskEnforcer`` and keeps its mask in force every step.
-
-    Gradients of pruned weights are masked during backward (hooks) and, after every optimizer step, pruned weights
-    are re-zeroed; :meth:`enforce` swaps the mask (IRP does each cycle) and the hooks end with training.
-    """
-
-    def __init__(self) -> None:
-        self.enforcer: MaskEnforcer | None = None
-
-    def enforce(self, model: nn.Module, masks: MaskSet) -> None:
-        """Put ``masks`` in force on ``model`` from now on (replacing any previous mask's hooks)."""
-        if self.enforcer is not None:
-            self.enforcer.remove()
-        self.enforcer = MaskEnforcer(model, masks)
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
-        if self.enforcer is not None:
-            self.enforcer.mask_gradients()
-
-    def on_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
-        if self.enforcer is not None:
-            self.enforcer.zero_weights()
-
-    def on_train_end(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
-        if self.enforcer is not None:
-            self.enforcer.remove()  # the hooks must not outlive training (the model may be fine-tuned densely later)
 
 
 class PaICallback(MaskEnforcingCallback):
@@ -61,9 +33,12 @@ class PaICallback(MaskEnforcingCallback):
     Args:
         criterion: Registered criterion name or instance.
         sparsity: Fraction of prunable weights to remove, in [0, 1).
-        num_batches, scope, min_density, include, exclude, criterion_options, ticket_source, budgets: As in
-            ``prune_at_init`` (``budgets="irp"`` with ``ticket_source`` reuses an IRP run's layer densities).
+        config: A ``PruneConfig`` instead of ``criterion``, ``sparsity`` and the options.
         dataloader: Data for the criterion; defaults to the Trainer's training dataloader.
+        **options: ``PruneConfig`` fields, as in ``prune_at_init`` (``budgets``, ``num_batches``, ``min_density``,
+            ``include``, ``exclude``, ``criterion_options``, ``budget_options``, ``predictor``, ``ticket_source``;
+            ``budgets="ticket"`` with ``ticket_source`` reuses an IRP run's layer densities). Checked here, before
+            any training.
 
     Example:
         ```python
@@ -78,46 +53,31 @@ class PaICallback(MaskEnforcingCallback):
         criterion: str | Criterion = "snip",
         sparsity: float = 0.9,
         *,
-        num_batches: int = 1,
-        scope: Budget = "auto",
-        min_density: float = 0.0,
-        include: list[str] | None = None,
-        exclude: list[str] | None = None,
-        criterion_options: Mapping[str, Any] | None = None,
+        config: PruneConfig | None = None,
         dataloader: Iterable[Mapping[str, Any]] | None = None,
-        ticket_source: Any = None,
-        budgets: Budget | None = None,
+        **options: Any,
     ) -> None:
-        self.criterion = criterion
-        self.sparsity = check_sparsity(sparsity)
-        self.num_batches = num_batches
-        self.scope = scope
-        self.min_density = min_density
-        self.include = include
-        self.exclude = exclude
-        self.criterion_options = dict(criterion_options or {})
         super().__init__()
+        if config is None:
+            # One validation path: prune_at_init's own, run on a config now instead of at on_train_begin.
+            config = make_prune_config(criterion, sparsity, **options)
+        elif options:
+            raise TypeError("give either config=PruneConfig(...) or options, not both")
+        self.config = config
         self.dataloader = dataloader
-        self.ticket_source = ticket_source
-        self.budgets = budgets
         self.masks: MaskSet | None = None
 
+    @property
+    def criterion(self) -> str | Criterion:
+        return self.config.criterion
+
+    @property
+    def sparsity(self) -> float:
+        return self.config.sparsity
+
     def compute_masks(self, model: nn.Module, dataloader: Iterable[Mapping[str, Any]] | None) -> MaskSet:
-        """Score, select and apply the masks (override to prune differently, as ``AutoSCallback`` does)."""
-        return prune_at_init(
-            model,
-            self.criterion,
-            self.sparsity,
-            dataloader,
-            num_batches=self.num_batches,
-            scope=self.scope,
-            min_density=self.min_density,
-            include=self.include,
-            exclude=self.exclude,
-            criterion_options=self.criterion_options,
-            ticket_source=self.ticket_source,
-            budgets=self.budgets,
-        )
+        """Score, allocate, select and apply the masks (override to prune differently)."""
+        return prune_with_config(model, self.config, dataloader)
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -151,14 +111,17 @@ class PaICallback(MaskEnforcingCallback):
 class AutoSCallback(PaICallback):
     """Prune with a trained AutoS predictor when training begins; keep the mask enforced to the end.
 
-    At ``on_train_begin`` the features of every prunable weight are computed at initialization (``w0``, ``g0`` over
-    the predictor's number of batches, layer context), the predictor scores them in bounded-memory chunks, the
-    global top-k is kept and, under DDP, rank 0's mask is broadcast. AutoSparse: Liu et al. 2024, arXiv 2408.14757.
+    Follows the recipe the predictor was trained for (``PruneConfig.from_predictor``): its learned layer budgets
+    (when it has a budget model) with the ranking its config names inside them: iterative SynFlow (the measured
+    default), SNIP on the predictor's gradient batches, or the predictor's own scores of the per-weight features at
+    initialization (``w0``, ``g0``, layer context). Under DDP rank 0's mask is broadcast. AutoSparse: Liu et al. 2024,
+    arXiv 2408.14757.
 
     Args:
         predictor: An ``AutoSModel``, a folder saved with ``save_pretrained``, or a Hub id.
         sparsity: Fraction of prunable weights to remove, in [0, 1).
-        **kwargs: ``scope``, ``min_density``, ``include``, ``exclude``, ``dataloader`` as in ``PaICallback``.
+        **options: ``PruneConfig`` fields overriding the predictor's recipe (``criterion``, ``budgets``,
+            ``min_density``, ``include``, ``exclude``, ...), and ``dataloader``.
 
     Example:
         ```python
@@ -168,7 +131,9 @@ class AutoSCallback(PaICallback):
         ```
     """
 
-    def __init__(self, predictor: Any, sparsity: float = 0.9, **kwargs: Any) -> None:
-        from .criteria.autos import AutoSCriterion
+    def __init__(self, predictor: Any, sparsity: float = 0.9, **options: Any) -> None:
+        dataloader = options.pop("dataloader", None)
+        if "scope" in options:
+            options["budgets"] = options.pop("scope")
+        super().__init__(config=PruneConfig.from_predictor(predictor, sparsity=sparsity, **options), dataloader=dataloader)
 
-        super().__init__(criterion=AutoSCriterion(predictor=predictor), sparsity=sparsity, **kwargs)

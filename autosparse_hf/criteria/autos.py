@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..allocation.learned import LearnedAllocation
 from ..features import InitialFeatures, compute_initial_features, feature_names, iter_feature_columns, layer_contexts
+from ..predictor.loading import load_predictor
 from .base import Criterion, ScoringContext, register_criterion
+
+logger = logging.getLogger(__name__)
 
 
 @register_criterion
@@ -45,24 +50,25 @@ class AutoSCriterion(Criterion):
     fold: bool = True
 
     def __post_init__(self) -> None:
-        from ..predictor import load_predictor
-
         if self.predictor is None:
             raise ValueError("criterion 'autos' needs a predictor: criterion_options={'predictor': <folder or model>}")
         self.model = load_predictor(self.predictor)
         if self.batch_size is None:
             self.batch_size = 256 if self.model.config.architecture == "paper_resnet18" else 16384
-        uses_gradient = self.model.config.feature_set != "weight" or self.model.config.within_layer == "snip"
-        self.needs_data = uses_gradient
+        self.needs_data = self.model.config.feature_set != "weight"
+        recommended = self.model.config.within_layer
+        if recommended != "predictor":
+            # The predictor's own scores are what this criterion is; the recipe the predictor was validated with
+            # (another criterion inside its budgets) is followed by AutoSCallback and PruneConfig.from_predictor.
+            logger.info(
+                "criterion %r ranks with the predictor's own scores; this predictor recommends %r inside its learned "
+                "budgets (AutoSCallback and PruneConfig.from_predictor follow that recommendation)",
+                self.name,
+                recommended,
+            )
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         config = self.model.config
-        if config.within_layer == "synflow":
-            # Learned budgets, iterative SynFlow inside them (each tensor's own schedule towards its budget); no
-            # per-weight features needed.
-            from .synflow import SynFlowCriterion
-
-            return SynFlowCriterion(budgets=self.layer_counts(context.params, context.sparsity)).score(context)
         num_batches = self.num_batches or config.feature_num_batches
         if self.needs_data:
             # compute_scores restores the model around this criterion and the weights stay as they are while
@@ -82,10 +88,6 @@ class AutoSCriterion(Criterion):
                 layers=layer_contexts(context.params),
                 num_batches=0,
             )
-        if config.within_layer == "snip":
-            # Learned budgets, SNIP's choice inside each tensor (|w0 g0| on the batches the features used).
-            return {n: (features.weights[n] * features.gradients[n]).abs().to(p.param.device)
-                    for n, p in context.params.items()}
         names = feature_names(config.feature_set)
         membership = config.target == "membership"
         # The membership predictor's extra input, log(density) ("is this weight in the ticket at the density we
@@ -133,19 +135,16 @@ class AutoSCriterion(Criterion):
 
     def batches_used(self, num_batches: int) -> int:
         # The predictor's features were built with its own batch count; prune_at_init's num_batches does not apply.
-        # SynFlow inside the budgets is data-free (a batch only shows the input's shape).
-        if not self.needs_data or self.model.config.within_layer == "synflow":
+        if not self.needs_data:
             return 0
         return self.num_batches or self.model.config.feature_num_batches
 
-    def layer_counts(self, params: dict[str, Any], sparsity: float) -> dict[str, int] | None:
-        """The predictor's learned layer budgets at ``sparsity``, when it has a budget model."""
-        budget_model = self.model.config.budget_model
-        if not budget_model:
-            return None
-        from ..predictor.budgets import predict_layer_counts
+    def default_budgets(self) -> Any:
+        """The predictor's learned layer budgets when it has a budget model, else one global threshold."""
+        return LearnedAllocation(self.model) if self.model.config.budget_model else "global"
 
-        return predict_layer_counts(budget_model, layer_contexts(params), 1.0 - sparsity)
+    def metadata(self) -> dict[str, Any]:
+        return {"predictor": str(self.model.name_or_path or "")}
 
 
 @register_criterion
@@ -159,5 +158,5 @@ class AutoSPaperCriterion(AutoSCriterion):
 
     name = "autos_paper"
 
-    def layer_counts(self, params: dict[str, Any], sparsity: float) -> dict[str, int] | None:
-        return None
+    def default_budgets(self) -> Any:
+        return "global"

@@ -7,6 +7,7 @@ buffers, gradients, ``requires_grad``, train/eval modes and RNG states (``comput
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,6 +32,8 @@ class ScoringContext:
         num_batches: How many batches data-dependent criteria use.
         sparsity: The sparsity the scores will be thresholded at (iterative criteria such as SynFlow need it).
         existing: Masks already in force (pruned weights are zero); criteria that prune iteratively start there.
+        budgets: Kept weights per tensor at ``sparsity`` when the allocation fixes them before scoring (an IRP
+            ticket's or a learned budget model's); iterative criteria (SynFlow) prune towards them round by round.
     """
 
     model: nn.Module
@@ -40,6 +43,7 @@ class ScoringContext:
     num_batches: int = 1
     sparsity: float = 0.0
     existing: Mapping[str, torch.Tensor] | None = None
+    budgets: Mapping[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -56,10 +60,14 @@ class Criterion:
         """How many batches scoring really averages over when called with ``num_batches`` (recorded in masks)."""
         return num_batches
 
-    def layer_counts(self, params: dict[str, PrunableParameter], sparsity: float) -> dict[str, int] | None:
-        """Kept weights per tensor this criterion wants at ``sparsity`` (its own layer budgets), or ``None`` to
-        leave the split to the selection scope. Used when pruning with ``scope="auto"``."""
-        return None
+    def metadata(self) -> dict[str, Any]:
+        """JSON-ready facts recorded in the masks this criterion selects (e.g. the IRP run a ticket came from)."""
+        return {}
+
+    def default_budgets(self) -> Any:
+        """The layer budgets this criterion is meant to run in, used by ``budgets="auto"``: a registered allocation
+        name or an ``Allocation`` instance (a learned AutoS predictor brings its own budget model)."""
+        return "global"
 
 
 _CRITERIA: dict[str, type[Criterion]] = {}
@@ -84,9 +92,20 @@ def get_criterion(criterion: str | Criterion, **options: Any) -> Criterion:
         if options:
             raise ValueError("options are only accepted with a criterion name, not an instance")
         return criterion
-    if criterion not in _CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; known criteria: {', '.join(list_criteria())}")
-    return _CRITERIA[criterion](**options)
+    cls = criterion_class(criterion)
+    if dataclasses.is_dataclass(cls):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"criterion {criterion!r} takes no option(s) {unknown}; options: {sorted(known)}")
+    return cls(**options)
+
+
+def criterion_class(name: str) -> type[Criterion]:
+    """The registered class of ``name``; unknown names raise ``ValueError`` listing the known ones."""
+    if name not in _CRITERIA:
+        raise ValueError(f"unknown criterion {name!r}; known criteria: {', '.join(list_criteria())}")
+    return _CRITERIA[name]
 
 
 def compute_scores(
@@ -100,6 +119,7 @@ def compute_scores(
     exclude: list[str] | None = None,
     existing: Mapping[str, torch.Tensor] | None = None,
     params: dict[str, PrunableParameter] | None = None,
+    budgets: Mapping[str, int] | None = None,
     **options: Any,
 ) -> dict[str, torch.Tensor]:
     """Score every prunable weight of ``model`` with ``criterion``; the model is left as it was found.
@@ -120,6 +140,7 @@ def compute_scores(
         num_batches=num_batches,
         sparsity=sparsity,
         existing=existing,
+        budgets=budgets,
     )
     with preserved_model_state(model):
         scores = crit.score(context)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from ..allocation.base import ExplicitCounts
 from ..gradients import take_batches
 from ..masks import select_masks
 from .base import Criterion, ScoringContext, register_criterion
@@ -26,15 +28,16 @@ class SynFlowCriterion(Criterion):
     ``rounds + s / max(s)`` (its last SynFlow score), and a weight already pruned scores ``-1``. Models that take
     token ids get the all-ones signal as input embeddings (see the family adapters).
 
-    With ``budgets`` (kept weights per tensor at the target, e.g. learned layer budgets), every round keeps
+    Inside layer budgets fixed before scoring (``ScoringContext.budgets``: an IRP ticket's or learned budgets, e.g.
+    ``prune_at_init(model, "synflow", 0.98, budgets="learned", predictor=...)``), every round keeps
     ``numel * (count / numel) ^ (k / rounds)`` weights in each tensor instead of one global threshold: the same
     iterative re-scoring, inside fixed per-tensor budgets, so a per-tensor top-k of ``count`` weights reproduces the
     final round's mask.
 
     Args:
         rounds: Pruning iterations (100 in the paper).
-        budgets: Kept weights per tensor at the target sparsity; ``None`` for SynFlow's global threshold. With
-            budgets the criterion asks for them at selection (``layer_counts``, used by ``scope="auto"``).
+        budgets: Kept weights per tensor at the target sparsity, fixed with the criterion (then they are its default
+            layer budgets); ``None`` to use the allocation's counts, or SynFlow's global threshold without them.
     """
 
     name = "synflow"
@@ -63,19 +66,20 @@ class SynFlowCriterion(Criterion):
         result = {n: torch.where(mask[n], 0.0, -1.0).to(torch.float64) for n in params}
         target_density = 1.0 - context.sparsity
         total = sum(m.numel() for m in mask.values())
-        if self.budgets is not None:
-            missing = sorted(set(params) - set(self.budgets))
+        budgets = self.budgets if self.budgets is not None else context.budgets
+        if budgets is not None:
+            missing = sorted(set(params) - set(budgets))
             if missing:
                 raise ValueError(f"budgets lack prunable tensors {missing}")
         for k in range(1, self.rounds + 1):
             scores = self._synflow_scores(context, inputs, magnitudes, mask)
-            if self.budgets is None:
+            if budgets is None:
                 density = target_density ** (k / self.rounds)
                 alive = sum(int(m.sum()) for m in mask.values())
                 density = min(density, alive / total)
                 new_mask = select_masks(scores, 1.0 - density, existing=mask)
             else:
-                counts = {n: self._round_count(mask[n], self.budgets[n], k) for n in params}
+                counts = {n: self._round_count(mask[n], budgets[n], k) for n in params}
                 kept = sum(counts.values())
                 new_mask = select_masks(scores, 1.0 - kept / total, scope="counts", layer_counts=counts, existing=mask)
             peak = max(float(s.max()) for s in scores.values()) or 1.0
@@ -88,8 +92,8 @@ class SynFlowCriterion(Criterion):
                     result[n] = torch.where(mask[n], self.rounds + scores[n].double() / peak, result[n])
         return result
 
-    def layer_counts(self, params: dict, sparsity: float) -> dict[str, int] | None:
-        return dict(self.budgets) if self.budgets is not None else None
+    def default_budgets(self) -> Any:
+        return ExplicitCounts(dict(self.budgets)) if self.budgets is not None else "global"
 
     def _round_count(self, alive: torch.Tensor, final: int, k: int) -> int:
         """Weights a tensor keeps after round ``k``: its own exponential schedule towards ``final``, never reviving."""

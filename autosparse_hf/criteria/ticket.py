@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..records.irp_record import load_ticket_source, ticket_metadata
 from .base import Criterion, ScoringContext, register_criterion
 
 
@@ -21,18 +22,21 @@ class TicketCriterion(Criterion):
     (arXiv 1803.03635); reuse across initializations as measured for AutoSparse (arXiv 2408.14757).
 
     Args:
-        source: An IRP run folder, a score dataset (folder, Parquet or Hub id), or an ``IRPTicketSource``.
+        ticket_source: An IRP run folder (or the ``output_dir`` holding ``irp/``), a score dataset (folder, Parquet or
+            Hub id), an ``IRPRecord`` or an ``IRPTicketSource``.
+        source: Old name of ``ticket_source``.
     """
 
     name = "ticket"
+    ticket_source: Any = None
     source: Any = None
 
     def __post_init__(self) -> None:
-        from ..tickets import load_ticket_source
-
-        if self.source is None:
-            raise ValueError("criterion 'ticket' needs a source: criterion_options={'source': <IRP run folder>}")
-        self.ticket_source = load_ticket_source(self.source)
+        given = self.ticket_source if self.ticket_source is not None else self.source
+        if given is None:
+            raise ValueError("criterion 'ticket' needs ticket_source (an IRP run folder or score dataset)")
+        self.ticket_source = load_ticket_source(given)
+        self.source = None
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         source = self.ticket_source
@@ -40,3 +44,6 @@ class TicketCriterion(Criterion):
         source.check_density(1.0 - context.sparsity)
         scores = source.scores()
         return {n: scores[n].reshape(p.param.shape).to(p.param.device) for n, p in context.params.items()}
+
+    def metadata(self) -> dict[str, Any]:
+        return ticket_metadata(self.ticket_source)

@@ -98,8 +98,9 @@ def get_prunable_parameters(
     Raises:
         ValueError: If no parameter is prunable; the message names the model class and the patterns.
     """
-    include = list(include or [])
-    exclude = list(exclude or [])
+    # A single string is one pattern (a YAML scalar, a plain argument), never a sequence of one-character patterns.
+    include = [include] if isinstance(include, str) else list(include or [])
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
     # Every name of every parameter: a tied tensor (GPT-2's wte / lm_head) matches a pattern under any of its names.
     aliases: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):

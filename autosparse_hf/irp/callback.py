@@ -1,12 +1,14 @@
-"""``IRPCallback``: iterative rewind pruning inside one ``Trainer.train()`` call."""
+"""``IRPCallback``: iterative rewind pruning inside one ``Trainer.train()`` call.
+
+The callback holds only the Trainer hooks; the cycle arithmetic and the cyclic learning-rate schedule are pure
+functions (``irp.cycles``), the state it keeps across a resume lives in ``irp.checkpoint``, and the run it records is an
+``IRPRecord`` (``autosparse_hf.records``), which writes the run folder.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Mapping
@@ -16,35 +18,24 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import TrainerControl, TrainerState, TrainingArguments, get_scheduler
+from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from ..callbacks import MaskEnforcingCallback
+from ..callbacks.enforcing import MaskEnforcingCallback
 from ..criteria import compute_scores
 from ..families import PrunableParameter, get_prunable_parameters
-from ..features import InitialFeatures, compute_initial_features, feature_tensors, features_from_tensors
+from ..features import InitialFeatures, compute_initial_features
 from ..masks import MaskSet, broadcast_masks, select_masks, zero_pruned_weights
-from ..masks.maskset import atomic_write_dir, commit_dir
+from ..records import RUN_DIR, RUN_FILE, IRPRecord, read_run_info
 from ..state import restore_state, snapshot_state
+from .checkpoint import CHECKPOINT_STATE_DIR, IRPTrainingState, load_training_state, save_training_state
 from .config import IRPConfig
+from .cycles import cycle_ends, install_cyclic_schedule, reset_learning_rates, unwrap_optimizer
 from .schedule import kept_counts
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_STATE_DIR = "irp_state"
-RUN_DIR = "irp"
-RUN_FILE = "irp_run.json"
-RECORD_FILE = "irp_record.safetensors"
-STATE_FORMAT_VERSION = 1
-
-
-def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    return getattr(optimizer, "optimizer", optimizer)
-
-
-def _unwrap_scheduler(scheduler: Any) -> Any:
-    return getattr(scheduler, "scheduler", scheduler)
+__all__ = ["CHECKPOINT_STATE_DIR", "RUN_DIR", "RUN_FILE", "IRPCallback"]
 
 
 class IRPCallback(MaskEnforcingCallback):
@@ -91,21 +82,39 @@ class IRPCallback(MaskEnforcingCallback):
         self.config = IRPConfig(**base)
         self.identity: dict[str, Any] = {"model": model_name, "task": task_name, "seed": seed, "run_id": run_id}
         self.params: dict[str, PrunableParameter] | None = None
-        self.features: InitialFeatures | None = None
-        self.cycle_pruned: dict[str, torch.Tensor] = {}
-        self.history: list[dict[str, Any]] = []
-        self.counts: list[int] = []
+        self.record: IRPRecord | None = None
         self.cycle = 1  # the training cycle in progress, 1-based
         self.cycle_ends: list[int] = []
         self.init_snapshot: dict[str, torch.Tensor] = {}
         self.rewind_snapshot: dict[str, torch.Tensor] | None = None
-        self.finished = False
         self._pending_end = False
         self._overhead_seconds = 0.0
         self._start_time = 0.0
 
     # ----------------------------------------------------------------------------------------------------------
-    # Derived state
+    # The record, and views of it
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One entry per trained ticket (cycle, density, sparsity, step, eval metrics)."""
+        return self.record.history if self.record is not None else []
+
+    @property
+    def counts(self) -> list[int]:
+        """Weights kept after each cycle, ``[N, k_1, ..., k_E]``."""
+        return self.record.counts if self.record is not None else []
+
+    @property
+    def cycle_pruned(self) -> dict[str, torch.Tensor]:
+        return self.record.cycle_pruned if self.record is not None else {}
+
+    @property
+    def features(self) -> InitialFeatures | None:
+        return self.record.features if self.record is not None else None
+
+    @property
+    def finished(self) -> bool:
+        return self.record is not None and self.record.finished
+
     @property
     def total(self) -> int:
         return sum(t.numel() for t in self.cycle_pruned.values())
@@ -116,12 +125,9 @@ class IRPCallback(MaskEnforcingCallback):
 
     def mask_after(self, cycle: int) -> MaskSet:
         """The IRP mask after ``cycle`` pruning cycles (0 = dense); masks are nested, so this is lossless."""
-        if not 0 <= cycle <= self.config.cycles:
-            raise ValueError(f"cycle must be in [0, {self.config.cycles}], got {cycle}")
-        return MaskSet(
-            {n: t > cycle for n, t in self.cycle_pruned.items()},
-            {"irp_cycle": cycle, "run_id": self.identity["run_id"], "source": "irp"},
-        )
+        if self.record is None:
+            raise RuntimeError("IRP has not started; train first")
+        return self.record.mask_after(cycle)
 
     @property
     def masks(self) -> MaskSet:
@@ -131,94 +137,53 @@ class IRPCallback(MaskEnforcingCallback):
     def density_of(self, cycle: int) -> float:
         return self.counts[cycle] / self.counts[0]
 
+    def run_info(self) -> dict[str, Any]:
+        """JSON-ready description of the run: configuration, identity, schedule and per-cycle results."""
+        if self.record is None:
+            raise RuntimeError("IRP has not started; train first")
+        return self.record.run_info()
+
+    def to_dataset(self):  # noqa: ANN201  (datasets.Dataset)
+        """The surviving-score ``datasets.Dataset`` of this run: one row per prunable weight."""
+        if self.record is None or not self.record.finished:
+            raise RuntimeError("the IRP run has not finished; train first")
+        return self.record.to_dataset()
+
+    def save_run(self, folder: Path, wall_seconds: float | None = None) -> None:
+        """Write the run folder (``IRPRecord.save_pretrained``)."""
+        if self.record is None:
+            raise RuntimeError("IRP has not started; train first")
+        self.record.timings = {"wall_seconds": wall_seconds, "callback_overhead_seconds": self._overhead_seconds}
+        self.record.save_pretrained(folder)
+
     # ----------------------------------------------------------------------------------------------------------
     # Trainer events
-    def _check_length(self, args: TrainingArguments, state: TrainerState) -> None:
-        n, k = self.config.training_cycles, self.config.rewind_step
-        total = state.max_steps
-        # total = T + (n - 1) * (T - k), solved for the cycle length T. Counted in epochs (and rewinding to step 0),
-        # every cycle must also be a whole number of epochs: 9 epochs of 8 steps divide into 4 cycles of 18 steps,
-        # but cycles that end mid-epoch are not what "num_train_epochs = cycles x epochs per cycle" asked for.
-        epochs_per_cycle = float(args.num_train_epochs) / n
-        whole_epochs = args.max_steps > 0 or k > 0 or epochs_per_cycle == int(epochs_per_cycle)
-        if (total + (n - 1) * k) % n != 0 or not whole_epochs:
-            t = math.ceil((total + (n - 1) * k) / n)
-            good = t + (n - 1) * (t - k)
-            if args.max_steps > 0:
-                what = f"max_steps={args.max_steps} is not divisible into them"
-            elif not whole_epochs:
-                what = f"num_train_epochs={args.num_train_epochs} is not a whole multiple of {n}"
-            else:
-                what = f"num_train_epochs={args.num_train_epochs} gives {total} optimizer steps, not divisible into them"
-            hint = (
-                f"use num_train_epochs = {n} x (epochs per cycle), e.g. {n * max(1, round(args.num_train_epochs / n))}"
-                if args.max_steps <= 0 and k == 0
-                else f"use max_steps={good}"
-            )
-            raise ValueError(
-                f"IRP needs {n} training cycles of equal length ({self.config.cycles} cycles"
-                f"{' + the final ticket' if self.config.train_final_ticket else ''}), but {what}; {hint}."
-            )
-        length = (total + (n - 1) * k) // n
-        if k >= length:
-            raise ValueError(f"rewind_step={k} must be smaller than the cycle length ({length} optimizer steps)")
-        self.cycle_ends = [length + (c - 1) * (length - k) for c in range(1, n + 1)]
-
-    def _install_cyclic_schedule(self, args: TrainingArguments, optimizer: Any, lr_scheduler: Any) -> None:
-        """Make the LR schedule restart every cycle: step s of cycle c >= 2 uses position k + (s - end_{c-1})."""
-        scheduler = _unwrap_scheduler(lr_scheduler)
-        if not hasattr(scheduler, "lr_lambdas"):
-            raise ValueError(
-                f"IRPCallback needs a LambdaLR schedule (any transformers lr_scheduler_type except "
-                f"reduce_lr_on_plateau); got {type(scheduler).__name__}"
-            )
-        length = self.cycle_ends[0]
-        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-        one_cycle = get_scheduler(
-            args.lr_scheduler_type,
-            dummy,
-            num_warmup_steps=args.get_warmup_steps(length),
-            num_training_steps=length,
-            scheduler_specific_kwargs=args.lr_scheduler_kwargs or {},
-        )
-        base = one_cycle.lr_lambdas[0]
-        ends, k = list(self.cycle_ends), self.config.rewind_step
-
-        def cyclic(step: int) -> float:
-            position = step
-            for end in ends[:-1]:
-                if step >= end:
-                    position = k + (step - end)
-            return base(position)
-
-        scheduler.lr_lambdas = [cyclic for _ in scheduler.lr_lambdas]
-        self._reset_lrs(optimizer, lr_scheduler)
-
-    @staticmethod
-    def _reset_lrs(optimizer: Any, lr_scheduler: Any) -> None:
-        scheduler = _unwrap_scheduler(lr_scheduler)
-        for group, base_lr, fn in zip(_unwrap_optimizer(optimizer).param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
-            group["lr"] = base_lr * fn(scheduler.last_epoch)
-        scheduler._last_lr = [g["lr"] for g in _unwrap_optimizer(optimizer).param_groups]
-
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         start = time.perf_counter()
         self._start_time = time.time()
         model: nn.Module = kwargs["model"]
-        self._check_length(args, state)
+        self.cycle_ends = cycle_ends(
+            state.max_steps,
+            self.config.training_cycles,
+            self.config.rewind_step,
+            num_train_epochs=args.num_train_epochs,
+            max_steps=args.max_steps,
+            pruning_cycles=self.config.cycles,
+            final_ticket=self.config.train_final_ticket,
+        )
         self.params = get_prunable_parameters(model, self.config.include, self.config.exclude)
         if self.identity["seed"] is None:
             self.identity["seed"] = args.seed
         resume_dir = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_STATE_DIR
         # Also when resuming: a finished run's results are never overwritten (and could not be, folder by folder).
-        run_file = Path(args.output_dir) / RUN_DIR / RUN_FILE
-        if run_file.is_file():
-            other = json.loads(run_file.read_text()).get("identity", {})
+        run_folder = Path(args.output_dir) / RUN_DIR
+        if (run_folder / RUN_FILE).is_file():
+            other = read_run_info(run_folder).get("identity", {})
             raise ValueError(
                 f"output folder {args.output_dir} already holds an IRP run (run_id={other.get('run_id')!r}, "
-                f"model={other.get('model')!r}); choose another output_dir or remove {run_file.parent}"
+                f"model={other.get('model')!r}); choose another output_dir or remove {run_folder}"
             )
         if state.global_step > 0:
             if not resume_dir.is_dir():
@@ -226,26 +191,26 @@ class IRPCallback(MaskEnforcingCallback):
                     f"resuming at step {state.global_step} but {resume_dir} does not exist; IRP cannot resume "
                     "from a checkpoint written without IRPCallback"
                 )
-            self._load_checkpoint_state(resume_dir, model)
+            self._resume(resume_dir)
             zero_pruned_weights(model, self.masks)
         else:
             if self.identity["run_id"] is None:
                 self.identity["run_id"] = uuid.uuid4().hex[:12]
             self.init_snapshot = snapshot_state(model)
-            self.features = compute_initial_features(
+            features = compute_initial_features(
                 model, kwargs.get("train_dataloader"), self.config.feature_num_batches, params=self.params
             )
             sentinel = self.config.cycles + 1
-            self.cycle_pruned = {
-                n: torch.full(p.param.shape, sentinel, dtype=torch.int16) for n, p in self.params.items()
-            }
-            self.counts = kept_counts(
-                self.total, self.config.cycles, self.config.final_sparsity, self.config.schedule, self.config.densities
+            cycle_pruned = {n: torch.full(p.param.shape, sentinel, dtype=torch.int16) for n, p in self.params.items()}
+            total = sum(t.numel() for t in cycle_pruned.values())
+            counts = kept_counts(
+                total, self.config.cycles, self.config.final_sparsity, self.config.schedule, self.config.densities
             )
+            self.record = IRPRecord(self.config.to_dict(), self.identity, counts, features, cycle_pruned)
             self.cycle = 1
-            self.history = []
-            self.finished = False
-        self._install_cyclic_schedule(args, kwargs["optimizer"], kwargs["lr_scheduler"])
+        install_cyclic_schedule(
+            args, kwargs["optimizer"], kwargs["lr_scheduler"], self.cycle_ends, self.config.rewind_step
+        )
         self.enforce(model, self.masks)
         self._overhead_seconds += time.perf_counter() - start
 
@@ -261,7 +226,7 @@ class IRPCallback(MaskEnforcingCallback):
         return control
 
     def on_log(self, args, state, control, logs: dict[str, float] | None = None, **kwargs) -> None:  # noqa: ANN001
-        if logs is None or self.params is None:
+        if logs is None or self.record is None:
             return
         logs["irp_cycle"] = self.cycle
         logs["irp_density"] = round(self.density_of(self.pruned_cycles_done()), 6)
@@ -271,9 +236,12 @@ class IRPCallback(MaskEnforcingCallback):
             self._end_cycle(args, state, dict(metrics or {}), kwargs)
 
     def on_save(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
-        if state.is_world_process_zero and self.params is not None:
+        if state.is_world_process_zero and self.record is not None:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_STATE_DIR
-            self._save_checkpoint_state(folder)
+            training_state = IRPTrainingState(
+                self.record, self.cycle, self.cycle_ends, self.init_snapshot, self.rewind_snapshot
+            )
+            save_training_state(folder, training_state, self._parameter_shapes())
 
     def on_train_end(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
         super().on_train_end(args, state, control, **kwargs)
@@ -286,11 +254,13 @@ class IRPCallback(MaskEnforcingCallback):
             dist.barrier()  # the results exist for every rank once train() returns
 
     # ----------------------------------------------------------------------------------------------------------
-    # The cycle boundary
+    # The cycle boundary: record the ticket, prune, rewind
     def _end_cycle(self, args: TrainingArguments, state: TrainerState, metrics: dict[str, Any], kwargs: Mapping) -> None:
         start = time.perf_counter()
         self._pending_end = False
         model: nn.Module = kwargs["model"]
+        record = self.record
+        assert record is not None
         cycle = self.cycle
         density = self.density_of(self.pruned_cycles_done())
         entry = {"cycle": cycle, "density": density, "sparsity": 1.0 - density, "step": state.global_step}
@@ -298,40 +268,42 @@ class IRPCallback(MaskEnforcingCallback):
         entry.update(
             {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("irp_")}
         )
-        self.history.append(entry)
+        record.history.append(entry)
         if cycle <= self.config.cycles:
-            current = self.masks
-            loader = kwargs.get("train_dataloader")
-            if loader is not None and hasattr(loader, "set_epoch") and state.epoch is not None:
-                # A data-dependent criterion reads the first batches of the epoch being trained. A resumed run
-                # trains that epoch through a batch-skipping copy of the loader, so the loader itself still holds
-                # the epoch it started at; without this, the resumed run would score on other batches.
-                loader.set_epoch(max(0, math.ceil(state.epoch) - 1))
-            scores = compute_scores(
-                model,
-                self.config.criterion,
-                dataloader=kwargs.get("train_dataloader"),
-                num_batches=self.config.criterion_num_batches,
-                existing=current,
-                params=self.params,
-            )
-            target = self.counts[cycle]
-            new = select_masks(
-                scores,
-                1.0 - target / self.total,
-                scope=self.config.scope,
-                min_density=self.config.min_density,
-                existing=current,
-            )
-            new = broadcast_masks(new)
-            for name, record in self.cycle_pruned.items():
-                record[current[name].cpu() & ~new[name].cpu()] = cycle
+            self._prune(model, state, cycle, kwargs.get("train_dataloader"))
         self.cycle += 1
         if self.cycle > self.config.training_cycles:
-            self.finished = True
+            record.finished = True
         else:
             self._rewind(model, kwargs["optimizer"], kwargs["lr_scheduler"])
         self._overhead_seconds += time.perf_counter() - start
+
+    def _prune(self, model: nn.Module, state: TrainerState, cycle: int, loader: Any) -> None:
+        """Score the trained weights and remove the next share; ``cycle_pruned`` records who went when."""
+        current = self.masks
+        if loader is not None and hasattr(loader, "set_epoch") and state.epoch is not None:
+            # A data-dependent criterion reads the first batches of the epoch being trained. A resumed run trains
+            # that epoch through a batch-skipping copy of the loader, so the loader itself still holds the epoch it
+            # started at; without this, the resumed run would score on other batches.
+            loader.set_epoch(max(0, math.ceil(state.epoch) - 1))
+        scores = compute_scores(
+            model,
+            self.config.criterion,
+            dataloader=loader,
+            num_batches=self.config.criterion_num_batches,
+            existing=current,
+            params=self.params,
+        )
+        new = select_masks(
+            scores,
+            1.0 - self.counts[cycle] / self.total,
+            scope=self.config.scope,
+            min_density=self.config.min_density,
+            existing=current,
+        )
+        new = broadcast_masks(new)
+        for name, pruned_at in self.cycle_pruned.items():
+            pruned_at[current[name].cpu() & ~new[name].cpu()] = cycle
 
     def _rewind(self, model: nn.Module, optimizer: Any, lr_scheduler: Any) -> None:
         """Rewind weights, buffers, optimizer state and schedule; then enforce the new mask."""
@@ -341,122 +313,25 @@ class IRPCallback(MaskEnforcingCallback):
         restore_state(model, snapshot)
         masks = self.masks
         zero_pruned_weights(model, masks)
-        _unwrap_optimizer(optimizer).state.clear()  # momentum, Adam moments and step counts start over
-        self._reset_lrs(optimizer, lr_scheduler)
+        unwrap_optimizer(optimizer).state.clear()  # momentum, Adam moments and step counts start over
+        reset_learning_rates(optimizer, lr_scheduler)
         self.enforce(model, masks)
 
     # ----------------------------------------------------------------------------------------------------------
-    # Checkpoint state (safetensors + JSON, never pickle)
-    def _identity_check(self) -> dict[str, Any]:
+    # Resume
+    def _parameter_shapes(self) -> dict[str, list[int]]:
         assert self.params is not None
         return {n: list(p.param.shape) for n, p in self.params.items()}
 
-    def _save_checkpoint_state(self, folder: Path) -> None:
-        assert self.features is not None
-        tensors: dict[str, torch.Tensor] = {}
-        for key, value in self.init_snapshot.items():
-            tensors[f"init/{key}"] = value.contiguous().cpu()
-        if self.rewind_snapshot is not None:
-            for key, value in self.rewind_snapshot.items():
-                tensors[f"rewind/{key}"] = value.contiguous().cpu()
-        for name in self.cycle_pruned:
-            tensors[f"cycle_pruned/{name}"] = self.cycle_pruned[name].contiguous()
-        tensors.update(feature_tensors(self.features))
-        meta = {
-            "format_version": STATE_FORMAT_VERSION,
-            "config": self.config.to_dict(),
-            "identity": self.identity,
-            "parameters": self._identity_check(),
-            "cycle": self.cycle,
-            "finished": self.finished,
-            "counts": self.counts,
-            "cycle_ends": self.cycle_ends,
-            "history": self.history,
-            "layers": [layer.to_dict() for layer in self.features.layers],
-            "feature_num_batches": self.features.num_batches,
-            "has_rewind_snapshot": self.rewind_snapshot is not None,
-        }
-        target, tmp = atomic_write_dir(folder)
-        save_file(tensors, str(tmp / "tensors.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(meta, indent=2))
-        commit_dir(target, tmp)
-
-    def _load_checkpoint_state(self, folder: Path, model: nn.Module) -> None:
-        meta = json.loads((folder / "state.json").read_text())
-        if meta.get("format_version") != STATE_FORMAT_VERSION:
-            raise ValueError(f"{folder} has IRP state format {meta.get('format_version')!r}, expected {STATE_FORMAT_VERSION}")
-        if meta["config"] != self.config.to_dict():
-            diff = {k: (meta["config"].get(k), v) for k, v in self.config.to_dict().items() if meta["config"].get(k) != v}
-            raise ValueError(f"checkpoint {folder} was written by a different IRP configuration: {diff} (saved, now)")
-        if meta["parameters"] != self._identity_check():
-            raise ValueError(f"checkpoint {folder} was written for a different model (prunable parameters differ)")
-        tensors = load_file(str(folder / "tensors.safetensors"))
-        self.init_snapshot = {k[len("init/") :]: v for k, v in tensors.items() if k.startswith("init/")}
-        if meta["has_rewind_snapshot"]:
-            self.rewind_snapshot = {k[len("rewind/") :]: v for k, v in tensors.items() if k.startswith("rewind/")}
-        names = list(self.params or {})
-        self.cycle_pruned = {n: tensors[f"cycle_pruned/{n}"] for n in names}
-        self.features = features_from_tensors(tensors, meta["layers"], meta["feature_num_batches"])
-        saved_identity = meta["identity"]
+    def _resume(self, folder: Path) -> None:
+        saved = load_training_state(folder, self.config.to_dict(), self._parameter_shapes())
+        saved_identity = saved.record.identity
         for key in ("model", "task"):
             if self.identity[key] and saved_identity.get(key) and self.identity[key] != saved_identity[key]:
                 raise ValueError(f"checkpoint {folder} is for {key}={saved_identity[key]!r}, not {self.identity[key]!r}")
         self.identity.update({k: v for k, v in saved_identity.items() if v is not None})
-        self.counts = meta["counts"]
-        self.cycle = meta["cycle"]
-        self.finished = meta["finished"]
-        self.history = meta["history"]
-
-    # ----------------------------------------------------------------------------------------------------------
-    # Results
-    def run_info(self) -> dict[str, Any]:
-        """JSON-ready description of the run: configuration, identity, schedule and per-cycle results."""
-        return {
-            "format_version": STATE_FORMAT_VERSION,
-            "config": self.config.to_dict(),
-            "identity": self.identity,
-            "counts": self.counts,
-            "densities": [c / self.counts[0] for c in self.counts],
-            "history": self.history,
-            "layers": [layer.to_dict() for layer in self.features.layers] if self.features else [],
-            "feature_num_batches": self.features.num_batches if self.features else None,
-            "finished": self.finished,
-        }
-
-    def to_dataset(self):  # noqa: ANN201  (datasets.Dataset; imported lazily)
-        """The surviving-score ``datasets.Dataset`` of this run: one row per prunable weight."""
-        from ..scores import build_score_dataset
-
-        if self.features is None or not self.finished:
-            raise RuntimeError("the IRP run has not finished; train first")
-        return build_score_dataset(self.features, self.cycle_pruned, self.run_info())
-
-    def save_run(self, folder: Path, wall_seconds: float | None = None) -> None:
-        """Write the run folder: ``irp_run.json``, ``irp_record.safetensors``, the final mask, the per-cycle table
-        and plot, and the score dataset (``scores/`` with card, and ``scores.parquet``)."""
-        from ..scores import save_score_dataset
-        from .report import write_cycle_report
-
-        assert self.features is not None
-        info = self.run_info()
-        info["wall_seconds"] = wall_seconds
-        info["callback_overhead_seconds"] = self._overhead_seconds
-        target, tmp = atomic_write_dir(folder)
-        record = {}
-        for name in self.cycle_pruned:
-            record[f"cycle_pruned/{name}"] = self.cycle_pruned[name].contiguous()
-        record.update(feature_tensors(self.features))
-        save_file(record, str(tmp / RECORD_FILE))
-        self.mask_after(self.config.cycles).save_pretrained(tmp / "final_mask")
-        write_cycle_report(info, tmp)
-        save_score_dataset(self.to_dataset(), tmp, info)
-        # A save killed half-way leaves some folders without irp_run.json; a non-empty folder cannot be replaced by a
-        # rename, so the stale ones go first (the run file is absent, so nothing complete is lost).
-        for item in tmp.iterdir():
-            if (target / item.name).is_dir():
-                shutil.rmtree(target / item.name)
-        commit_dir(target, tmp)
-        # Written last, atomically: its presence marks a complete run folder.
-        partial = target / f".{RUN_FILE}.tmp"
-        partial.write_text(json.dumps(info, indent=2))
-        os.replace(partial, target / RUN_FILE)
+        saved.record.identity = self.identity
+        self.record = saved.record
+        self.cycle = saved.cycle
+        self.init_snapshot = saved.init_snapshot
+        self.rewind_snapshot = saved.rewind_snapshot

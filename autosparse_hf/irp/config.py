@@ -59,6 +59,9 @@ class IRPConfig:
     exclude: list[str] = field(default_factory=list, metadata={"help": "Parameter-name patterns never pruned."})
 
     def __post_init__(self) -> None:
+        # A YAML scalar is one pattern, never a sequence of one-character patterns.
+        self.include = [self.include] if isinstance(self.include, str) else list(self.include)
+        self.exclude = [self.exclude] if isinstance(self.exclude, str) else list(self.exclude)
         if self.densities:
             values = [float(d) for d in self.densities]
             if not all(0.0 < d < 1.0 for d in values) or any(b >= a for a, b in zip(values, values[1:], strict=False)):

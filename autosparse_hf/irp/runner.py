@@ -10,8 +10,9 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..records import RUN_DIR, is_complete_run
 from ..training import TrainRecipe, world_size
-from .callback import RUN_DIR, IRPCallback
+from .callback import IRPCallback
 from .config import IRPConfig
 
 logger = logging.getLogger(__name__)
@@ -79,16 +80,15 @@ def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRP
     checkpoint = get_last_checkpoint(run.output_dir) if run.resume and Path(run.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=checkpoint)
     if run.push_to_hub and trainer.is_world_process_zero():
-        from ..scores import push_score_dataset
+        from ..records.score_io import push_score_dataset
 
         push_score_dataset(irp.to_dataset(), run.push_to_hub)
     return irp
 
 
 def irp_run_complete(output_dir: str | Path) -> bool:
-    from .callback import RUN_FILE
-
-    return (Path(output_dir) / RUN_DIR / RUN_FILE).is_file()
+    """Whether ``output_dir`` holds a finished IRP run (``IRPRecord.from_pretrained`` can load it)."""
+    return is_complete_run(Path(output_dir) / RUN_DIR)
 
 
 

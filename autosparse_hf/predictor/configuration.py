@@ -39,11 +39,13 @@ class AutoSConfig(PretrainedConfig):
             weight is in the IRP mask at a given density; the log of the target density is one more input, so the
             predictor answers "is this weight in the ticket at the density I am pruning to".
         budget_model: A fitted layer-budget model (``predictor.budgets.fit_budget_model``) or ``None``; when set,
-            pruning with ``scope="auto"`` splits the kept weights between tensors with it.
-        within_layer: How weights are ranked inside a tensor once the budgets are set: ``"predictor"`` (the
-            learned scores), ``"snip"`` (``|w0 g0|`` on the same batches: the learned budgets decide how many
-            weights each tensor keeps, connection sensitivity decides which) or ``"synflow"`` (iterative SynFlow
-            inside the learned budgets, each tensor on its own exponential schedule towards its budget).
+            ``budgets="learned"`` (and ``budgets="auto"`` with criterion ``autos``) splits the kept weights between
+            tensors with it.
+        within_layer: The ranking inside each tensor this predictor was validated with, the recipe that
+            ``AutoSCallback`` and ``PruneConfig.from_predictor`` follow: ``"predictor"`` (criterion ``autos``, the
+            learned scores), ``"snip"`` (``|w0 g0|`` on the predictor's gradient batches) or ``"synflow"`` (iterative
+            SynFlow inside the learned budgets, each tensor on its own exponential schedule towards its budget). The
+            criterion ``autos`` itself always ranks with the learned scores.
         feature_num_batches: Batches the initial gradient ``g0`` averages over at prune time.
         training_sources: Run ids of the score datasets it was trained on.
     """

@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 
 from ..features import LayerContext, layer_feature_matrix
-from ..scores.schema import SCORE_FEATURES
+from ..records.score_schema import SCORE_FEATURES
 
 NEEDED_COLUMNS = tuple(SCORE_FEATURES)
 

@@ -14,7 +14,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from ..features import feature_names, with_density
-from ..scores import load_score_datasets
+from ..records.score_io import load_score_datasets
 from .budgets import fit_budget_model
 from .configuration import ARCHITECTURES, LOSSES, TARGETS, WITHIN_LAYER, AutoSConfig
 from .data import ScoreTable, score_table, split_rows

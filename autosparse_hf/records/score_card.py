@@ -6,8 +6,8 @@ from typing import Any
 
 import yaml
 
-from ..irp.report import cycle_table_markdown
-from .schema import SCORE_SCHEMA_VERSION
+from .report import cycle_table_markdown
+from .score_schema import SCORE_SCHEMA_VERSION
 
 _SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B", "1B<n<10B")
 

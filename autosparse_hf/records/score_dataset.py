@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,10 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetInfo
-from safetensors.torch import load_file
 
-from ..features import InitialFeatures, features_from_tensors
-from .schema import SCORE_FEATURES, SCORE_SCHEMA_VERSION
+from ..features import InitialFeatures
+from .score_schema import SCORE_FEATURES, SCORE_SCHEMA_VERSION
 
 
 def _repeat_strings(values: list[str], repeats: np.ndarray) -> pa.Array:
@@ -96,18 +94,3 @@ def score_schema_version(dataset: Dataset) -> int | None:
         return int(json.loads(dataset.info.description or "{}").get("autosparse_score_schema"))
     except (ValueError, TypeError):
         return None
-
-
-def build_score_dataset_from_run(folder: str | Path) -> Dataset:
-    """Rebuild the score dataset of a finished IRP run from its folder (``irp_run.json`` + the record)."""
-    from ..irp.callback import RECORD_FILE, RUN_FILE
-
-    folder = Path(folder)
-    run_file, record_file = folder / RUN_FILE, folder / RECORD_FILE
-    for f in (run_file, record_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"{folder} is not a finished IRP run folder: {f.name} is missing")
-    info = json.loads(run_file.read_text())
-    tensors = load_file(str(record_file))
-    features = features_from_tensors(tensors, info["layers"], info["feature_num_batches"])
-    return build_score_dataset(features, {n: tensors[f"cycle_pruned/{n}"] for n in features.names}, info)

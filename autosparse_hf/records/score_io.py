@@ -9,9 +9,9 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
-from .builder import score_schema_version
-from .card import score_dataset_card
-from .schema import SCORE_FEATURES, SCORE_SCHEMA_VERSION
+from .score_card import score_dataset_card
+from .score_dataset import score_schema_version
+from .score_schema import SCORE_FEATURES, SCORE_SCHEMA_VERSION
 
 SCORES_DIR = "scores"
 PARQUET_FILE = "scores.parquet"

@@ -1,4 +1,4 @@
-"""Reuse one IRP run on new initializations: its ticket mask, or its per-layer densities.
+"""Reuse one IRP run on new initializations (load one with ``records.load_ticket_source``): its ticket mask, or its per-layer densities.
 
 For a new initialization of the same architecture, what one IRP run found transfers as *structure*: which input
 units and which layers keep weights. Reusing the source ticket's mask, or only its per-layer densities with another
@@ -14,18 +14,14 @@ Every requested density in ``[d_final, 1]`` therefore has exactly one ticket, an
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 
-from .families import PrunableParameter
-from .masks import select_masks
+from ..families import PrunableParameter
+from ..masks import select_masks
 
 
 @dataclass
@@ -118,26 +114,9 @@ class IRPTicketSource:
         return {n: int(m.sum()) for n, m in masks.items()}
 
 
-def _from_run_folder(folder: Path) -> IRPTicketSource:
-    from safetensors.torch import load_file
-
-    info = json.loads((folder / "irp_run.json").read_text())
-    tensors = load_file(str(folder / "irp_record.safetensors"))
-    names = [layer["name"] for layer in info["layers"]]
-    return IRPTicketSource(
-        cycle_pruned={n: tensors[f"cycle_pruned/{n}"] for n in names},
-        w0={n: tensors[f"w0/{n}"] for n in names},
-        shapes={layer["name"]: tuple(layer["shape"]) for layer in info["layers"]},
-        cycles=int(info["config"]["cycles"]),
-        run_id=str(info["identity"].get("run_id") or ""),
-        origin=str(folder),
-    )
-
-
-def _from_score_dataset(source: str) -> IRPTicketSource:
-    from .scores import load_score_dataset
-
-    dataset = load_score_dataset(source)
+def ticket_source_from_dataset(dataset: Any, origin: str = "") -> IRPTicketSource:
+    """The ticket source of a surviving-score ``datasets.Dataset`` holding exactly one IRP run."""
+    source = origin or "the score dataset"
     columns = dataset.select_columns(["run_id", "param_name", "index", "numel", "w0", "cycles", "cycle_pruned"])
     table = columns.with_format("numpy")[:]
     run_ids = np.unique(table["run_id"])
@@ -169,33 +148,5 @@ def _from_score_dataset(source: str) -> IRPTicketSource:
         shapes=shapes,
         cycles=int(table["cycles"][0]),
         run_id=str(run_ids[0]),
-        origin=str(source),
+        origin=str(origin),
     )
-
-
-@lru_cache(maxsize=8)
-def _load_cached(source: str) -> IRPTicketSource:
-    path = Path(source)
-    if path.is_dir() and (path / "irp_run.json").is_file():
-        return _from_run_folder(path)
-    if path.is_dir() and (path / "irp" / "irp_run.json").is_file():
-        return _from_run_folder(path / "irp")
-    return _from_score_dataset(source)
-
-
-def load_ticket_source(source: str | os.PathLike[str] | IRPTicketSource) -> IRPTicketSource:
-    """An IRP source from an IRP run folder (``.../irp``), a score dataset (folder, Parquet) or a Hub id.
-
-    Raises ``ValueError`` for a corrupt or multi-run source, ``FileNotFoundError``/``ConnectionError`` when it cannot
-    be found (offline Hub ids fail fast).
-    """
-    if isinstance(source, IRPTicketSource):
-        return source
-    try:
-        return _load_cached(str(Path(source).resolve()) if Path(source).exists() else str(source))
-    except (KeyError, json.JSONDecodeError, SafetensorError) as err:
-        raise ValueError(f"the IRP source {source} is corrupt: {err}") from err
-
-
-def ticket_metadata(source: IRPTicketSource) -> dict[str, Any]:
-    return {"ticket_source": source.origin, "ticket_source_run_id": source.run_id}

@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
-from .experiments import (
+from ..records import nearest_ticket, read_run_info
+from ..training import TrainRecipe
+from .grid import (
     PaIGridConfig,
     layer_table,
     markdown_table,
@@ -26,7 +28,6 @@ from .experiments import (
     run_pai_grid,
     summarize,
 )
-from .training import TrainRecipe
 
 HANDCRAFTED = ("random", "random@erk", "magnitude", "snip", "grasp", "synflow")
 
@@ -91,8 +92,7 @@ class BenchmarkConfig:
 
 def _predictor_for(label: str, config: BenchmarkConfig) -> str | None:
     """The predictor of an ``autos*`` method: ``extra_predictors[label without @scope]``, else the default one."""
-    criterion, _ = parse_method(label)
-    if not criterion.startswith("autos"):
+    if not parse_method(label).criterion.startswith("autos"):
         return None
     return config.extra_predictors.get(label.partition("@")[0], config.predictor)
 
@@ -148,7 +148,7 @@ def _grid_name(predictor: str | None, config: BenchmarkConfig) -> str:
 def reference_densities(sparsities: list[float]) -> list[float]:
     """The default IRP schedule's densities (20 equal-count cycles to 1%) plus every benchmark density it lacks,
     strictly decreasing: an IRP run on this schedule has a ticket at exactly each benchmark sparsity."""
-    from .irp import IRPConfig
+    from ..irp import IRPConfig
 
     default = IRPConfig()
     step = default.final_sparsity / default.cycles
@@ -163,22 +163,22 @@ def irp_references(config: BenchmarkConfig, target: BenchmarkTarget, recipe: Tra
     The IRP schedule is the default one (20 equal-count cycles to 99%) with a cycle added at every benchmark
     sparsity it lacks, so each PaI sparsity has a ticket at exactly its density.
     """
-    from .irp import IRPConfig
-    from .irp.runner import IRPRunArguments, irp_run_complete, run_irp
+    from ..irp import IRPConfig
+    from ..irp.runner import IRPRunArguments, irp_run_complete, run_irp
 
     irp_config = IRPConfig(densities=reference_densities(target.sparsities or config.sparsities))
     rows = []
     for seed in target.irp_reference_seeds or target.seeds or config.seeds:
         folder = Path(config.output_dir) / target.name / f"irp-seed{seed}"
         if irp_run_complete(folder):
-            history = json.loads((folder / "irp" / "irp_run.json").read_text())["history"]
+            history = read_run_info(folder)["history"]
         else:
             run = IRPRunArguments(
                 model=target.model, task=target.task, seed=seed, output_dir=str(folder), disable_tqdm=True
             )
             history = run_irp(run, irp_config, recipe).history
         for s in target.sparsities or config.sparsities:
-            nearest = min(history, key=lambda h: abs(h["sparsity"] - s))
+            nearest = nearest_ticket(history, s)
             rows.append(
                 {"criterion": "irp-ticket", "sparsity": s, "seed": seed, "ticket_sparsity": nearest["sparsity"],
                  "accuracy": nearest.get("eval_accuracy")}
@@ -188,10 +188,10 @@ def irp_references(config: BenchmarkConfig, target: BenchmarkTarget, recipe: Tra
 
 def source_references(config: BenchmarkConfig, target: BenchmarkTarget) -> list[dict[str, Any]]:
     """The source run's own trained IRP tickets at the nearest densities (one seed: the source's)."""
-    history = json.loads((Path(config.source_irp) / "irp_run.json").read_text())["history"]
+    history = read_run_info(config.source_irp)["history"]
     rows = []
     for s in target.sparsities or config.sparsities:
-        nearest = min(history, key=lambda h: abs(h["sparsity"] - s))
+        nearest = nearest_ticket(history, s)
         rows.append({"criterion": "irp-ticket (source seed)", "sparsity": s, "seed": config.source_seed,
                      "ticket_sparsity": nearest["sparsity"], "accuracy": nearest.get("eval_accuracy")})
     return rows

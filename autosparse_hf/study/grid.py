@@ -18,9 +18,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .callbacks import PaICallback
-from .masks import check_sparsity
-from .training import TrainRecipe, train_and_evaluate
+from ..allocation import allocation_class
+from ..callbacks import PaICallback
+from ..criteria.base import criterion_class
+from ..masks import check_sparsity
+from ..predictor.loading import load_predictor
+from ..pruning import PruneConfig
+from ..training import TrainRecipe, train_and_evaluate
 
 DEFAULT_CRITERIA = ["random", "magnitude", "snip", "grasp", "synflow"]
 
@@ -33,13 +37,15 @@ class PaIGridConfig:
     task: str = field(default="mnist", metadata={"help": "Built-in task (mnist, mnist1d, digits) or Hub dataset."})
     criteria: list[str] = field(
         default_factory=lambda: list(DEFAULT_CRITERIA),
-        metadata={"help": "Methods: a criterion name, optionally with @ and a layer-budget scope (random@erk, snip@irp)."},
+        metadata={"help": "Methods: a criterion name, optionally with @ and layer budgets (random@erk, snip@ticket); "
+                  "autos follows its predictor's recipe (PruneConfig.from_predictor)."},
     )
     sparsities: list[float] = field(default_factory=lambda: [0.9], metadata={"help": "Sparsities in [0, 1)."})
     seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": "Model initialization seeds."})
-    scope: str = field(
+    budgets: str = field(
         default="auto",
-        metadata={"help": "Default layer budgets: auto (the criterion's own, else global), global, uniform, erk, irp."},
+        metadata={"help": "Default layer budgets (list_budgets()): auto (the criterion's own, else global), global, "
+                  "uniform, erk, ticket, learned."},
     )
     num_batches: int = field(default=4, metadata={"help": "Batches for data-dependent criteria."})
     task_seed: int = field(default=0, metadata={"help": "Seed of the train/test split."})
@@ -53,30 +59,55 @@ class PaIGridConfig:
     def __post_init__(self) -> None:
         for s in self.sparsities:
             check_sparsity(s, "sparsities")
-        from .criteria import list_criteria
-        from .pruning import BUDGETS
-
-        methods = [parse_method(c, self.scope) for c in self.criteria]
-        unknown = [c for c, _ in methods if c not in list_criteria()]
-        if unknown:
-            raise ValueError(f"unknown criteria {unknown}; known criteria: {', '.join(list_criteria())}")
-        bad_scopes = [s for _, s in methods if s not in BUDGETS]
-        if bad_scopes:
-            raise ValueError(f"unknown layer budgets {bad_scopes}; known: {BUDGETS}")
-        if any(c.startswith("autos") for c, _ in methods) and not self.predictor:
-            raise ValueError("criterion 'autos' needs --predictor (a folder written by recipes/train_autos.py)")
-        if any(c == "ticket" or s == "irp" for c, s in methods) and not self.ticket_source:
-            raise ValueError("'ticket' and '@irp' need --ticket_source (an IRP run folder or score dataset)")
+        for label in self.criteria:
+            # Builds nothing heavy: names, budgets and required sources are checked before any training.
+            method = parse_method(label, self.budgets)
+            if method.criterion.startswith("autos") and not self.predictor:
+                raise ValueError(f"{label!r} needs --predictor (a folder written by recipes/train_autos.py)")
+            if "ticket" in (method.criterion, allocation_class(method.budgets).name if method.budgets != "auto" else ""):
+                if not self.ticket_source:
+                    raise ValueError(f"{label!r} needs --ticket_source (an IRP run folder or score dataset)")
 
 
-def parse_method(label: str, default_scope: str = "auto") -> tuple[str, str]:
-    """A method label -> (criterion, scope).
+# The one-line spelling of a method in grids and benchmark configs: "criterion@budgets" ("snip@ticket",
+# "random@erk"); a variant after "/" names e.g. a predictor ablation and does not change the criterion.
+METHOD_SEPARATOR = "@"
 
-    ``"snip@irp"`` -> ``("snip", "irp")``; ``"snip"`` -> ``("snip", default_scope)``; a variant after ``/`` names
-    e.g. a predictor ablation and does not change the criterion: ``"autos/weight-only"`` -> ``("autos", ...)``.
-    """
-    head, _, scope = label.partition("@")
-    return head.partition("/")[0], scope or default_scope
+
+@dataclass(frozen=True)
+class Method:
+    """A grid method label split into its criterion and layer budgets."""
+
+    criterion: str
+    budgets: str
+
+
+def parse_method(label: str, default_budgets: str = "auto") -> Method:
+    """A method label -> criterion and budgets: ``"snip@ticket"`` -> ``("snip", "ticket")``; ``"snip"`` -> ``("snip",
+    default_budgets)``; a variant after ``/`` names e.g. a predictor ablation and keeps the criterion:
+    ``"autos/weight-only"`` -> ``("autos", ...)``. Unknown names raise ``ValueError``."""
+    head, _, budgets = label.partition(METHOD_SEPARATOR)
+    method = Method(head.partition("/")[0], budgets or default_budgets)
+    criterion_class(method.criterion)
+    if method.budgets != "auto":
+        allocation_class(method.budgets)
+    return method
+
+
+def method_config(label: str, sparsity: float, config: PaIGridConfig, predictor: Any = None) -> PruneConfig:
+    """The ``PruneConfig`` of one grid cell: ``autos`` labels follow their predictor's recipe (its budgets and the
+    ranking it was validated with), every other label is its criterion inside its budgets."""
+    method = parse_method(label, config.budgets)
+    if method.criterion == "autos" and method.budgets == "auto":
+        return PruneConfig.from_predictor(predictor, sparsity=sparsity)
+    return PruneConfig(
+        criterion=method.criterion,
+        sparsity=sparsity,
+        budgets=method.budgets,
+        num_batches=config.num_batches,
+        predictor=predictor if method.criterion.startswith("autos") or method.budgets == "learned" else None,
+        ticket_source=config.ticket_source,
+    )
 
 
 def _cell_key(criterion: str, sparsity: float, seed: int) -> str:
@@ -97,7 +128,7 @@ def _read_cells(path: Path) -> dict[str, dict[str, Any]]:
 
 def run_pai_grid(config: PaIGridConfig, recipe: TrainRecipe | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the grid and write ``cells.jsonl``, ``results.csv``, ``results.md`` and ``layers.md``."""
-    from .tasks import build_model, load_task, task_info
+    from ..tasks import build_model, load_task, task_info
 
     recipe = recipe or TrainRecipe()
     out = Path(config.output_dir)
@@ -107,8 +138,10 @@ def run_pai_grid(config: PaIGridConfig, recipe: TrainRecipe | None = None) -> li
     if manifest_file.is_file():
         previous = json.loads(manifest_file.read_text())
         # Cells are keyed by method, sparsity and seed; everything else that changes a cell's result must match.
-        fixed = ("model", "task", "scope", "num_batches", "task_seed", "predictor", "ticket_source")
-        changed = [k for k in fixed if previous["config"].get(k) != manifest["config"].get(k)]
+        fixed = ("model", "task", "budgets", "num_batches", "task_seed", "predictor", "ticket_source")
+        saved = dict(previous["config"])
+        saved.setdefault("budgets", saved.get("scope"))  # grids written before the field was renamed
+        changed = [k for k in fixed if saved.get(k) != manifest["config"].get(k)]
         if previous["recipe"] != manifest["recipe"]:
             changed.append("recipe")
         if changed:
@@ -124,24 +157,15 @@ def run_pai_grid(config: PaIGridConfig, recipe: TrainRecipe | None = None) -> li
     plan = [(c, s, seed) for seed in config.seeds for s in config.sparsities for c in config.criteria]
     if config.include_dense:
         plan = [("dense", 0.0, seed) for seed in config.seeds] + plan
-    autos = None
+    # Loaded once for the whole grid (the folder is read, checked and its model built once).
+    predictor = load_predictor(config.predictor) if config.predictor else None
     for label, sparsity, seed in tqdm(plan, desc="PaI grid"):
         key = _cell_key(label, sparsity, seed)
         if key in done:
             continue
         model = build_model(config.model, info, seed=seed)
         callbacks = []
-        pai = None
-        criterion, scope = parse_method(label, config.scope)
-        if criterion.startswith("autos"):
-            from .criteria import get_criterion
-
-            autos = autos or get_criterion(criterion, predictor=config.predictor)  # loaded once for the whole grid
-            pai = PaICallback(autos, sparsity, scope=scope, ticket_source=config.ticket_source)
-        elif criterion != "dense":
-            pai = PaICallback(
-                criterion, sparsity, num_batches=config.num_batches, scope=scope, ticket_source=config.ticket_source
-            )
+        pai = None if label == "dense" else PaICallback(config=method_config(label, sparsity, config, predictor))
         if pai is not None:
             callbacks.append(pai)
         metrics = train_and_evaluate(

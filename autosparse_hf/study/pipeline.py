@@ -10,15 +10,18 @@ the IRP ticket at the nearest density as the reference PaI tries to reach.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .experiments import PaIGridConfig, markdown_table, run_pai_grid, summarize
-from .irp import IRPConfig
-from .irp.runner import IRPRunArguments, irp_run_complete, run_irp
-from .predictor.training import AutoSTrainingArguments, metrics_markdown, train_autos
-from .training import TrainRecipe
+import yaml
+
+from ..irp import IRPConfig
+from ..irp.runner import IRPRunArguments, irp_run_complete, run_irp
+from ..predictor.training import AutoSTrainingArguments, metrics_markdown, train_autos
+from ..records import RUN_DIR, nearest_ticket, read_run_info
+from ..training import TrainRecipe
+from .grid import PaIGridConfig, markdown_table, run_pai_grid, summarize
 
 
 @dataclass
@@ -35,15 +38,10 @@ class PipelineArguments:
         default_factory=lambda: ["random", "magnitude", "snip", "grasp", "synflow", "autos"],
         metadata={"help": "Criteria compared (autos uses the predictor trained here)."},
     )
-    autos_feature_set: str = field(default="default", metadata={"help": "Feature set of the predictor."})
-    autos_architecture: str = field(default="mlp", metadata={"help": "Predictor architecture."})
-    autos_loss: str = field(default="bce", metadata={"help": "Predictor loss (mse, bce, ranking)."})
-    autos_target: str = field(default="membership", metadata={"help": "Predictor target (survival or membership)."})
-    autos_budgets: str = field(default="learned", metadata={"help": "Learned layer budgets (learned) or none."})
-    autos_balance_layers: bool = field(default=True, metadata={"help": "Weight every tensor alike in the loss."})
-    autos_within_layer: str = field(
-        default="synflow",
-        metadata={"help": "Ranking inside tensors: synflow (best measured, see BENCHMARKS.md), snip or predictor."},
+    autos_config: str | None = field(
+        default=None,
+        metadata={"help": "YAML file of AutoSTrainingArguments fields for the predictor (recipes/configs/ablation/*.yaml); "
+                  "default: its defaults, the measured default recipe (learned budgets, SynFlow inside)."},
     )
     disable_tqdm: bool = field(default=True, metadata={"help": "Hide the Trainer progress bars."})
 
@@ -66,7 +64,7 @@ def run_pipeline(args: PipelineArguments, irp_config: IRPConfig, recipe: TrainRe
     )
     history: list[dict[str, Any]]
     if irp_run_complete(irp_dir):
-        history = json.loads((irp_dir / "irp" / "irp_run.json").read_text())["history"]
+        history = read_run_info(irp_dir)["history"]
     else:
         history = run_irp(run, irp_config, recipe).history
     predictor_dir = out / "autos"
@@ -74,21 +72,7 @@ def run_pipeline(args: PipelineArguments, irp_config: IRPConfig, recipe: TrainRe
     if metrics_file.is_file():
         report = json.loads(metrics_file.read_text())
     else:
-        _, report = train_autos(
-            AutoSTrainingArguments(
-                score_datasets=[str(irp_dir / "irp")],
-                output_dir=str(predictor_dir),
-                feature_set=args.autos_feature_set,
-                architecture=args.autos_architecture,
-                loss=args.autos_loss,
-                target=args.autos_target,
-                budgets=args.autos_budgets,
-                balance_layers=args.autos_balance_layers,
-                within_layer=args.autos_within_layer,
-                seed=args.irp_seed,
-                disable_tqdm=args.disable_tqdm,
-            )
-        )
+        _, report = train_autos(autos_arguments(args, irp_dir / RUN_DIR, predictor_dir))
     grid = PaIGridConfig(
         model=args.model,
         task=args.task,
@@ -111,7 +95,7 @@ def irp_reference(history: list[dict[str, Any]], sparsities: list[float]) -> lis
     """The trained IRP ticket nearest each target sparsity (the lottery-ticket reference)."""
     result = []
     for s in sparsities:
-        row = min(history, key=lambda h: abs(h["sparsity"] - s))
+        row = nearest_ticket(history, s)
         result.append({"target_sparsity": s, "sparsity": row["sparsity"], "accuracy": row.get("eval_accuracy")})
     return result
 
@@ -149,6 +133,24 @@ def plot_accuracy(summary: list[dict[str, Any]], tickets: list[dict[str, float]]
     valid = [t for t in tickets if t.get("accuracy") is not None]
     figure = plot_accuracy_vs_sparsity(summary, irp_history=valid or None, title=title)
     figure.savefig(path, dpi=120)
+
+
+def autos_arguments(args: PipelineArguments, score_dataset: Path, output_dir: Path) -> AutoSTrainingArguments:
+    """The predictor's training arguments: ``autos_config``'s fields (or the defaults), on this run's scores."""
+    values: dict[str, Any] = {}
+    if args.autos_config:
+        path = Path(args.autos_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"autos_config {path} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in fields(AutoSTrainingArguments)}
+        unknown = sorted(set(values) - known)
+        if not isinstance(values, dict) or unknown:
+            raise ValueError(f"{path} must map AutoSTrainingArguments fields to values; unknown keys {unknown}")
+    values.update(
+        score_datasets=[str(score_dataset)], output_dir=str(output_dir), seed=args.irp_seed, disable_tqdm=args.disable_tqdm
+    )
+    return AutoSTrainingArguments(**values)
 
 
 def pipeline_config_dict(args: PipelineArguments, irp_config: IRPConfig, recipe: TrainRecipe) -> dict[str, Any]:

@@ -23,8 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,7 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import MaxNLocator
+
+from ..records.report import load_irp_history, logit_sparsity_axis, plot_irp_curve
 
 __all__ = [
     "SCATTER_QUANTITIES",
@@ -129,29 +129,6 @@ def align_scores(dataset: Any, scores: Mapping[str, Any]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------- formatting
-def _percent(fraction: bool = True) -> FuncFormatter:
-    def fmt(value: float, _pos: int) -> str:
-        percent = 100 * value if fraction else value
-        return f"{percent:.3g}%"
-
-    return FuncFormatter(fmt)
-
-
-def _logit_sparsity_axis(ax: Any, values: Sequence[float], ticks: Sequence[float] = ()) -> None:
-    """Sparsities in (0, 1) on a logit axis: 90%, 99% and 99.9% are equally far apart, as their densities are.
-
-    ``ticks`` (at most 8 distinct values) replace the automatic ticks, e.g. the sparsities a comparison ran at.
-    """
-    if values and all(0.0 < v < 1.0 for v in values):
-        ax.set_xscale("logit")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    distinct = sorted(set(ticks))
-    if 0 < len(distinct) <= 8:
-        ax.set_xticks(distinct)
-    ax.xaxis.set_major_formatter(_percent())
-    ax.set_xlabel("sparsity")
-
-
 def _within_group_rank(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Percentile rank of each value inside its group (0 = smallest), ties broken by position."""
     order = np.lexsort((values, groups))
@@ -331,77 +308,6 @@ def plot_layer_survival(dataset: Any, *, log: bool = True) -> Figure:
     return fig
 
 
-def load_irp_history(source: Sequence[Mapping[str, Any]] | str | Path) -> list[dict[str, Any]]:
-    """The per-cycle history of an IRP run: a list of dicts, or read from a run folder, ``irp_run.json`` or
-    ``cycles.csv`` (numbers parsed)."""
-    if not isinstance(source, (str, Path)):
-        return [dict(row) for row in source]
-    path = Path(source)
-    if path.is_dir():
-        path = path / "irp_run.json" if (path / "irp_run.json").is_file() else path / "cycles.csv"
-    if path.suffix == ".json":
-        return list(json.loads(path.read_text())["history"])
-    if path.suffix == ".csv":
-        with path.open(newline="") as f:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    raise ValueError(f"{source} is neither an IRP run folder, an irp_run.json nor a cycles.csv")
-
-
-def _number(text: str) -> Any:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return text
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
-def plot_irp_curve(
-    history: Sequence[Mapping[str, Any]] | str | Path, *, metric: str = "eval_accuracy", title: str = ""
-) -> Figure:
-    """The IRP run cycle by cycle: the trained ticket's ``metric`` against sparsity (the lottery-ticket curve), and
-    the density each cycle trained at.
-
-    Args:
-        history: ``IRPCallback.history``, or a run folder / ``irp_run.json`` / ``cycles.csv``.
-        metric: The evaluated metric to plot (``eval_accuracy``; ``eval_loss`` for runs without accuracy).
-        title: Figure title.
-
-    Returns:
-        A ``Figure`` with two axes: metric vs sparsity, and density vs cycle.
-    """
-    rows = load_irp_history(history)
-    if not rows:
-        raise ValueError("the IRP history is empty")
-    if not any(metric in r for r in rows):
-        raise ValueError(f"no {metric!r} in the IRP history (was evaluate_cycles on?); keys: {sorted(rows[0])}")
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    evaluated = [r for r in rows if metric in r]
-    scale_rows = [r for r in evaluated if r["sparsity"] > 0]
-    dense = [r for r in evaluated if r["sparsity"] <= 0]
-    scale_percent = metric.endswith("accuracy")
-    factor = 100.0 if scale_percent else 1.0
-    left.plot([r["sparsity"] for r in scale_rows], [factor * r[metric] for r in scale_rows], marker="o",
-              label="IRP ticket")
-    for r in dense:
-        left.axhline(factor * r[metric], color="gray", linestyle=":", label="dense (cycle 1)")
-    _logit_sparsity_axis(left, [r["sparsity"] for r in scale_rows])
-    left.set_ylabel(metric.removeprefix("eval_") + (" (%)" if scale_percent else ""))
-    left.set_title("trained ticket after each cycle")
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8)
-    right.plot([r["cycle"] for r in rows], [r["density"] for r in rows], marker="o", color="C1")
-    right.set_yscale("log")
-    right.xaxis.set_major_locator(MaxNLocator(integer=True))
-    right.set_xlabel("IRP cycle")
-    right.set_ylabel("density trained in the cycle")
-    right.set_title("density schedule")
-    right.grid(alpha=0.3, which="both")
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
 def plot_accuracy_vs_sparsity(
     summary: Sequence[Mapping[str, Any]],
     *,
@@ -427,7 +333,7 @@ def plot_accuracy_vs_sparsity(
     """
     rows = [dict(r) for r in summary]
     if rows and "accuracy_mean" not in rows[0]:
-        from .experiments import summarize
+        from .grid import summarize
 
         rows = summarize(rows)
     fig = Figure(figsize=(7, 4.5), layout="constrained")
@@ -461,7 +367,7 @@ def plot_accuracy_vs_sparsity(
             ax.plot([t["sparsity"] for t in tickets], [100 * t[key] for t in tickets], color="black", linestyle="--",
                     marker="*", label="IRP ticket (source seed)")
             sparse.extend(t["sparsity"] for t in tickets)
-    _logit_sparsity_axis(ax, sparse, ticks=method_sparsities)
+    logit_sparsity_axis(ax, sparse, ticks=method_sparsities)
     ax.set_ylabel("test accuracy (%)")
     if title:
         ax.set_title(title)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 COMMON_KEYS = {"benchmark", "config", "results", "target", "environment"}
 TARGET_KEYS = {"description", "measured", "target", "unit", "ratio", "higher_is_better", "met"}
 TIMEOUT_S = 300

@@ -306,7 +306,7 @@ def autos_options(model: nn.Module) -> dict:
 
 
 def ticket_options(model: nn.Module) -> dict:
-    from autosparse_hf.tickets import IRPTicketSource
+    from autosparse_hf.records import IRPTicketSource
 
     generator = torch.Generator().manual_seed(5)
     params = autosparse_hf.get_prunable_parameters(model)

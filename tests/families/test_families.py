@@ -287,3 +287,15 @@ def test_no_prunable_parameters_names_the_model_and_patterns():
     assert "'*.nothing'" in str(info.value) and "'*'" in str(info.value)
     with pytest.raises(ValueError, match="LayerNorm"):
         prune_at_init(nn.LayerNorm(4), "magnitude", 0.5)
+
+
+def test_a_single_pattern_string_is_one_pattern_not_characters():
+    from torch import nn as _nn
+
+    from autosparse_hf import IRPConfig, get_prunable_parameters
+
+    model = _nn.Sequential(_nn.Linear(4, 3), _nn.LayerNorm(3), _nn.Linear(3, 2))
+    assert list(get_prunable_parameters(model, exclude="2.weight")) == ["0.weight"]
+    # "*bias" as characters would contain "*", which matches the LayerNorm's weight too.
+    assert set(get_prunable_parameters(model, include="*bias")) == {"0.weight", "0.bias", "1.bias", "2.weight", "2.bias"}
+    assert IRPConfig(exclude="fc3.weight").exclude == ["fc3.weight"]

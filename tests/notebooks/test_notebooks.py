@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED = ["01_quickstart", "02_surviving_scores", "03_bring_your_own_model"]
 CELL_TIMEOUT = 300  # seconds per cell; the SMALL runs take a few seconds each

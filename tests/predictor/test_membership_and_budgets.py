@@ -15,7 +15,7 @@ from autosparse_hf.predictor import AutoSConfig, AutoSModel
 from autosparse_hf.predictor.budgets import BUDGET_FEATURES, budget_design, fit_budget_model, predict_layer_counts
 from autosparse_hf.predictor.data import score_table
 from autosparse_hf.predictor.training import AutoSTrainingArguments, membership_examples, train_autos
-from autosparse_hf.scores import load_score_dataset
+from autosparse_hf.records import load_score_dataset
 
 
 def _layers() -> list[LayerContext]:
@@ -108,8 +108,8 @@ def test_membership_predictor_trains_and_prunes_with_its_density_and_budgets(tmp
     masks = A.prune_at_init(net, "autos", 0.9, loader, criterion_options={"predictor": str(tmp_path / "p")})
     expected = predict_layer_counts(model.config.budget_model, A.features.layer_contexts(A.get_prunable_parameters(net)), 0.1)
     assert {n: int(m.sum()) for n, m in masks.items()} == expected
-    assert masks.metadata["scope"] == "counts" and masks.metadata["budgets"] == "auto"
-    # scope="global" ignores the budget model (for ablations).
+    assert masks.metadata["scope"] == "counts" and masks.metadata["budgets"] == "learned"
+    # budgets="global" ignores the budget model (for ablations); the old name scope= still works.
     masks_global = A.prune_at_init(small_mlp(seed=5), "autos", 0.9, loader,
                                    criterion_options={"predictor": str(tmp_path / "p")}, scope="global")
     assert masks_global.metadata["scope"] == "global" and masks_global.num_kept == masks.num_kept
@@ -138,7 +138,11 @@ def test_within_layer_snip_keeps_the_budgets_and_ranks_by_snip(tmp_path):
     net, loader = small_mlp(seed=7), synthetic_batches(seed=7)
     params = A.get_prunable_parameters(net)
     features = A.compute_initial_features(net, loader, model.config.feature_num_batches)
-    masks = A.prune_at_init(net, "autos", 0.8, loader, criterion_options={"predictor": str(tmp_path / "p")})
+    # The predictor's recipe is composed explicitly (learned budgets + SNIP on its gradient batches); the "autos"
+    # criterion itself always ranks with the predictor's own scores.
+    config = A.PruneConfig.from_predictor(str(tmp_path / "p"), sparsity=0.8)
+    assert (config.criterion, config.budgets, config.num_batches) == ("snip", "learned", model.config.feature_num_batches)
+    masks = A.prune_at_init(net, config=config, dataloader=loader)
     counts = predict_layer_counts(model.config.budget_model, A.features.layer_contexts(params), 0.2)
     for name, mask in masks.items():
         assert int(mask.sum()) == counts[name]
@@ -164,9 +168,14 @@ def test_within_layer_synflow_runs_synflow_inside_the_learned_budgets(tmp_path):
     net, loader = small_mlp(seed=7), synthetic_batches(seed=7)
     params = A.get_prunable_parameters(net)
     counts = predict_layer_counts(model.config.budget_model, A.features.layer_contexts(params), 0.1)
-    masks = A.prune_at_init(net, "autos", 0.9, loader, criterion_options={"predictor": str(tmp_path / "p")})
-    assert masks.metadata["num_batches"] == 0  # data-free: a batch only shows the input's shape
+    # "SynFlow inside learned budgets" is spelled as such; AutoSCallback follows the predictor's recipe the same way.
+    masks = A.prune_at_init(net, "synflow", 0.9, loader, budgets="learned", predictor=str(tmp_path / "p"))
+    assert masks.metadata["criterion"] == "synflow" and masks.metadata["budgets"] == "learned"
     expected = A.prune_at_init(small_mlp(seed=7), SynFlowCriterion(budgets=counts), 0.9, loader)
     for name, mask in masks.items():
         assert int(mask.sum()) == counts[name]
         assert torch.equal(mask, expected[name])
+    config = A.PruneConfig.from_predictor(str(tmp_path / "p"), sparsity=0.9)
+    assert (config.criterion, config.budgets) == ("synflow", "learned")
+    via_recipe = A.prune_at_init(small_mlp(seed=7), config=config, dataloader=loader)
+    assert all(torch.equal(via_recipe[n], masks[n]) for n in masks)

@@ -33,7 +33,7 @@ from autosparse_hf.predictor.training import (
     survival_examples,
     train_autos,
 )
-from autosparse_hf.scores import load_score_dataset, load_score_datasets, save_score_dataset
+from autosparse_hf.records import load_score_dataset, load_score_datasets, save_score_dataset
 
 # ---------------------------------------------------------------------------------------------- config and model
 
@@ -533,7 +533,7 @@ def test_training_arguments_default_to_the_measured_default():
 def test_train_autos_from_an_in_memory_dataset_equals_training_from_the_folders(score_folders, tmp_path):
     from datasets import concatenate_datasets
 
-    from autosparse_hf.scores import load_score_dataset
+    from autosparse_hf.records import load_score_dataset
 
     in_memory = concatenate_datasets([load_score_dataset(f) for f in score_folders])
     from_disk, _ = _train(score_folders, tmp_path / "disk", epochs=1.0)

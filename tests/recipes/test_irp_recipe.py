@@ -23,10 +23,10 @@ from autosparse_hf.cli import parse_recipe_args
 from autosparse_hf.irp import IRPConfig
 from autosparse_hf.irp.callback import RUN_DIR, RUN_FILE
 from autosparse_hf.irp.runner import IRPRunArguments, run_irp
-from autosparse_hf.scores import SCORE_FEATURES
+from autosparse_hf.records import SCORE_FEATURES
 from autosparse_hf.training import TrainRecipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "irp.py"
 TINY = ROOT / "recipes" / "configs" / "irp_tiny.yaml"
 DEFAULT = ROOT / "recipes" / "configs" / "irp_lenet_mnist.yaml"

@@ -14,7 +14,7 @@ from autos_utils import FEATURE_NUM_BATCHES, NUM_WEIGHTS, save_synthetic_run
 
 from autosparse_hf.predictor import load_predictor
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 LENET_DIGITS_WEIGHTS = 64 * 300 + 300 * 100 + 100 * 10
 

@@ -1,4 +1,4 @@
-"""The surviving-score dataset (``autosparse_hf.scores``) and the initial features it stores
+"""The surviving-score dataset (``autosparse_hf.records``) and the initial features it stores
 (``autosparse_hf.features``): schema, values, folder layout, card, load/merge/push, scale."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from autosparse_hf import (
 )
 from autosparse_hf.features import InitialFeatures, LayerContext
 from autosparse_hf.irp.callback import RUN_DIR
-from autosparse_hf.scores import SCORE_FEATURES, SCORE_SCHEMA_VERSION, score_schema_version
+from autosparse_hf.records import SCORE_FEATURES, SCORE_SCHEMA_VERSION, score_schema_version
 
 CONFIG = IRPConfig(cycles=3, final_sparsity=0.9, feature_num_batches=2)
 

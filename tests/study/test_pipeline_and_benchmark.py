@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from autosparse_hf.benchmark import BenchmarkConfig, paired_differences, run_benchmark
 from autosparse_hf.irp import IRPConfig
-from autosparse_hf.pipeline import PipelineArguments, run_pipeline
+from autosparse_hf.study.benchmark import BenchmarkConfig, paired_differences, run_benchmark
+from autosparse_hf.study.pipeline import PipelineArguments, run_pipeline
 from autosparse_hf.training import TrainRecipe
 
 
@@ -102,8 +102,8 @@ def test_benchmark_config_rejects_unknown_keys_and_the_source_seed(tmp_path):
 
 
 def test_reference_irp_schedule_has_a_cycle_at_every_benchmark_density():
-    from autosparse_hf.benchmark import reference_densities
     from autosparse_hf.irp import IRPConfig, kept_counts
+    from autosparse_hf.study.benchmark import reference_densities
 
     densities = reference_densities([0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
     assert densities[0] == pytest.approx(0.9505) and densities[-1] == pytest.approx(0.01)

@@ -1,4 +1,4 @@
-"""Figures of ``autosparse_hf.plots`` on tiny synthetic score datasets: axes, lines and the numbers they draw."""
+"""Figures of ``autosparse_hf.study.plots`` on tiny synthetic score datasets: axes, lines and the numbers they draw."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from datasets import concatenate_datasets
 from matplotlib.figure import Figure
 
 from autosparse_hf import compute_scores
-from autosparse_hf.irp.report import write_cycle_report
-from autosparse_hf.plots import (
+from autosparse_hf.records.report import write_cycle_report
+from autosparse_hf.study.plots import (
     align_scores,
     load_irp_history,
     plot_accuracy_vs_sparsity,
@@ -200,7 +200,7 @@ def test_accuracy_vs_sparsity_summarizes_seeds() -> None:
     full = plot_accuracy_vs_sparsity(rows, irp_history=_history(), full_irp_curve=True)
     np.testing.assert_allclose(full.axes[0].lines[3].get_xdata(), [0.2, 0.4, 0.6, 0.8])
     # Summary rows (experiments.summarize) are drawn as given.
-    from autosparse_hf.experiments import summarize
+    from autosparse_hf.study.grid import summarize
 
     again = plot_accuracy_vs_sparsity(summarize(rows))
     np.testing.assert_allclose(again.axes[0].lines[1].get_ydata(), [90.0, 81.0])

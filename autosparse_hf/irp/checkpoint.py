@@ -1,0 +1,88 @@
+"""IRP's own state inside a Trainer checkpoint (``checkpoint-N/irp_state``): safetensors + JSON, never pickle.
+
+A resumed run needs what the Trainer does not save: the snapshots it rewinds to, the survival record so far and
+where it stands in the cycles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..features import feature_tensors, features_from_tensors
+from ..masks.maskset import atomic_write_dir, commit_dir
+from ..records import IRPRecord
+
+CHECKPOINT_STATE_DIR = "irp_state"
+STATE_FORMAT_VERSION = 1
+
+
+@dataclass
+class IRPTrainingState:
+    """Everything IRP needs to continue a run: the record so far, the cycle in progress and the rewind targets."""
+
+    record: IRPRecord
+    cycle: int
+    cycle_ends: list[int]
+    init_snapshot: dict[str, torch.Tensor]
+    rewind_snapshot: dict[str, torch.Tensor] | None = None
+
+
+def save_training_state(folder: Path, state: IRPTrainingState, parameters: dict[str, list[int]]) -> None:
+    """Write ``folder`` (``tensors.safetensors`` + ``state.json``) all-or-nothing."""
+    record = state.record
+    tensors: dict[str, torch.Tensor] = {f"init/{k}": v.contiguous().cpu() for k, v in state.init_snapshot.items()}
+    if state.rewind_snapshot is not None:
+        tensors.update({f"rewind/{k}": v.contiguous().cpu() for k, v in state.rewind_snapshot.items()})
+    tensors.update({f"cycle_pruned/{n}": t.contiguous() for n, t in record.cycle_pruned.items()})
+    tensors.update(feature_tensors(record.features))
+    meta = {
+        "format_version": STATE_FORMAT_VERSION,
+        "config": record.config,
+        "identity": record.identity,
+        "parameters": parameters,
+        "cycle": state.cycle,
+        "finished": record.finished,
+        "counts": record.counts,
+        "cycle_ends": state.cycle_ends,
+        "history": record.history,
+        "layers": [layer.to_dict() for layer in record.features.layers],
+        "feature_num_batches": record.features.num_batches,
+        "has_rewind_snapshot": state.rewind_snapshot is not None,
+    }
+    target, tmp = atomic_write_dir(folder)
+    save_file(tensors, str(tmp / "tensors.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+    commit_dir(target, tmp)
+
+
+def load_training_state(folder: Path, config: dict[str, Any], parameters: dict[str, list[int]]) -> IRPTrainingState:
+    """Read ``folder``; the IRP configuration and the prunable parameters must be those of the run resuming it."""
+    meta = json.loads((folder / "state.json").read_text())
+    if meta.get("format_version") != STATE_FORMAT_VERSION:
+        raise ValueError(f"{folder} has IRP state format {meta.get('format_version')!r}, expected {STATE_FORMAT_VERSION}")
+    if meta["config"] != config:
+        diff = {k: (meta["config"].get(k), v) for k, v in config.items() if meta["config"].get(k) != v}
+        raise ValueError(f"checkpoint {folder} was written by a different IRP configuration: {diff} (saved, now)")
+    if meta["parameters"] != parameters:
+        raise ValueError(f"checkpoint {folder} was written for a different model (prunable parameters differ)")
+    tensors = load_file(str(folder / "tensors.safetensors"))
+    init = {k[len("init/") :]: v for k, v in tensors.items() if k.startswith("init/")}
+    rewind = None
+    if meta["has_rewind_snapshot"]:
+        rewind = {k[len("rewind/") :]: v for k, v in tensors.items() if k.startswith("rewind/")}
+    record = IRPRecord(
+        config=meta["config"],
+        identity=meta["identity"],
+        counts=meta["counts"],
+        features=features_from_tensors(tensors, meta["layers"], meta["feature_num_batches"]),
+        cycle_pruned={n: tensors[f"cycle_pruned/{n}"] for n in parameters},
+        history=meta["history"],
+        finished=meta["finished"],
+    )
+    return IRPTrainingState(record, meta["cycle"], list(meta["cycle_ends"]), init, rewind)
