@@ -11,8 +11,9 @@ from typing import Any
 from torch import nn
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
+from ..checkpoints import last_complete_checkpoint, resumed_checkpoint
 from ..criteria import Criterion
-from ..masks import MaskSet
+from ..masks import MASK_CONFIG_NAME, MASK_WEIGHTS_NAME, MaskSet
 from ..pruning import PruneConfig, make_prune_config, prune_with_config
 from .enforcing import MaskEnforcingCallback
 
@@ -83,15 +84,35 @@ class PaICallback(MaskEnforcingCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         model: nn.Module = kwargs["model"]
-        resumed = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_MASK_DIR
-        if state.global_step > 0 and resumed.is_dir():
-            # Resuming: the masks were chosen at initialization, not on the trained weights now loaded.
-            self.masks = MaskSet.from_pretrained(resumed)
+        checkpoint = resumed_checkpoint(args, state)
+        if checkpoint is not None:
+            # Resuming: the masks were chosen at initialization, not on the trained weights now loaded; they are read
+            # from the folder the Trainer resumes from, and never re-scored.
+            self.masks = self._load_masks(checkpoint)
             self.masks.apply(model)
+            logger.info("resumed the masks of %s", checkpoint / CHECKPOINT_MASK_DIR)
         else:
             self.masks = self.compute_masks(model, self.dataloader or kwargs.get("train_dataloader"))
         self.enforce(model, self.masks)
         logger.info("pruned %s to sparsity %.6f", type(model).__name__, self.masks.sparsity)
+
+    def _load_masks(self, checkpoint: Path) -> MaskSet:
+        if not masks_complete(checkpoint):
+            complete = last_complete_checkpoint(checkpoint.parent, masks_complete)
+            hint = f"; the newest complete checkpoint there is {complete}" if complete else ""
+            raise FileNotFoundError(
+                f"resuming from {checkpoint}, which holds no complete {CHECKPOINT_MASK_DIR}/ (written without "
+                f"{type(self).__name__}, or killed while saving); re-pruning the trained weights would choose "
+                f"another mask{hint}"
+            )
+        masks = MaskSet.from_pretrained(checkpoint / CHECKPOINT_MASK_DIR)
+        expected = {"sparsity": self.config.sparsity, "criterion": _criterion_name(self.config.criterion)}
+        saved = {k: masks.metadata.get(k) for k in expected}
+        differ = {k: (saved[k], v) for k, v in expected.items() if saved[k] is not None and saved[k] != v}
+        if differ:
+            listing = ", ".join(f"{k}: {a!r} saved, {b!r} now" for k, (a, b) in differ.items())
+            raise ValueError(f"the masks in {checkpoint} were made differently ({listing}); resume with the same pruning")
+        return masks
 
     def on_log(self, args, state, control, logs: dict[str, float] | None = None, **kwargs) -> None:  # noqa: ANN001
         if logs is not None and self.masks is not None:
@@ -106,6 +127,16 @@ class PaICallback(MaskEnforcingCallback):
         if self.masks is not None and state.is_world_process_zero:
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", CHECKPOINT_MASK_DIR)
             self.masks.save_pretrained(folder)
+
+
+def masks_complete(checkpoint: Path) -> bool:
+    """Whether a Trainer checkpoint holds a complete saved mask (both of its files)."""
+    folder = Path(checkpoint) / CHECKPOINT_MASK_DIR
+    return (folder / MASK_CONFIG_NAME).is_file() and (folder / MASK_WEIGHTS_NAME).is_file()
+
+
+def _criterion_name(criterion: str | Criterion) -> str:
+    return criterion if isinstance(criterion, str) else criterion.name
 
 
 class AutoSCallback(PaICallback):

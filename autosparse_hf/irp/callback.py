@@ -22,13 +22,22 @@ from torch import nn
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from ..callbacks.enforcing import MaskEnforcingCallback
+from ..checkpoints import last_complete_checkpoint, resumed_checkpoint
 from ..criteria import compute_scores
 from ..families import PrunableParameter, get_prunable_parameters
 from ..features import InitialFeatures, compute_initial_features
 from ..masks import MaskSet, broadcast_masks, select_masks, zero_pruned_weights
 from ..records import RUN_DIR, RUN_FILE, IRPRecord, read_run_info
 from ..state import restore_state, snapshot_state
-from .checkpoint import CHECKPOINT_STATE_DIR, IRPTrainingState, load_training_state, save_training_state
+from .checkpoint import (
+    CHECKPOINT_STATE_DIR,
+    IRPTrainingState,
+    check_same_run,
+    is_complete,
+    load_training_state,
+    run_fingerprint,
+    save_training_state,
+)
 from .config import IRPConfig
 from .cycles import cycle_ends, install_cyclic_schedule, reset_learning_rates, unwrap_optimizer
 from .schedule import kept_counts
@@ -88,6 +97,7 @@ class IRPCallback(MaskEnforcingCallback):
         self.init_snapshot: dict[str, torch.Tensor] = {}
         self.rewind_snapshot: dict[str, torch.Tensor] | None = None
         self._pending_end = False
+        self._run: dict[str, Any] | None = None
         self._overhead_seconds = 0.0
         self._start_time = 0.0
 
@@ -176,7 +186,6 @@ class IRPCallback(MaskEnforcingCallback):
         self.params = get_prunable_parameters(model, self.config.include, self.config.exclude)
         if self.identity["seed"] is None:
             self.identity["seed"] = args.seed
-        resume_dir = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_STATE_DIR
         # Also when resuming: a finished run's results are never overwritten (and could not be, folder by folder).
         run_folder = Path(args.output_dir) / RUN_DIR
         if (run_folder / RUN_FILE).is_file():
@@ -185,14 +194,21 @@ class IRPCallback(MaskEnforcingCallback):
                 f"output folder {args.output_dir} already holds an IRP run (run_id={other.get('run_id')!r}, "
                 f"model={other.get('model')!r}); choose another output_dir or remove {run_folder}"
             )
-        if state.global_step > 0:
-            if not resume_dir.is_dir():
+        loader = kwargs.get("train_dataloader")
+        self._run = run_fingerprint(args, state, _num_examples(loader))
+        checkpoint = resumed_checkpoint(args, state)
+        if checkpoint is not None:
+            if not is_complete(checkpoint):
+                complete = last_complete_checkpoint(checkpoint.parent, is_complete)
+                hint = f"; the newest complete checkpoint there is {complete}" if complete else ""
                 raise FileNotFoundError(
-                    f"resuming at step {state.global_step} but {resume_dir} does not exist; IRP cannot resume "
-                    "from a checkpoint written without IRPCallback"
+                    f"resuming at step {state.global_step} from {checkpoint}, which holds no complete IRP state "
+                    f"({CHECKPOINT_STATE_DIR}/): written without IRPCallback, or killed while saving{hint}"
                 )
+            resume_dir = checkpoint / CHECKPOINT_STATE_DIR
             self._resume(resume_dir)
             zero_pruned_weights(model, self.masks)
+            logger.info("IRP resumed from %s at cycle %d", checkpoint, self.cycle)
         else:
             if self.identity["run_id"] is None:
                 self.identity["run_id"] = uuid.uuid4().hex[:12]
@@ -239,7 +255,7 @@ class IRPCallback(MaskEnforcingCallback):
         if state.is_world_process_zero and self.record is not None:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_STATE_DIR
             training_state = IRPTrainingState(
-                self.record, self.cycle, self.cycle_ends, self.init_snapshot, self.rewind_snapshot
+                self.record, self.cycle, self.cycle_ends, self.init_snapshot, self.rewind_snapshot, self._run
             )
             save_training_state(folder, training_state, self._parameter_shapes())
 
@@ -325,6 +341,7 @@ class IRPCallback(MaskEnforcingCallback):
 
     def _resume(self, folder: Path) -> None:
         saved = load_training_state(folder, self.config.to_dict(), self._parameter_shapes())
+        check_same_run(saved.run, self._run, folder.parent)
         saved_identity = saved.record.identity
         for key in ("model", "task"):
             if self.identity[key] and saved_identity.get(key) and self.identity[key] != saved_identity[key]:
@@ -335,3 +352,12 @@ class IRPCallback(MaskEnforcingCallback):
         self.cycle = saved.cycle
         self.init_snapshot = saved.init_snapshot
         self.rewind_snapshot = saved.rewind_snapshot
+
+
+def _num_examples(loader: Any) -> int | None:
+    """Training examples behind a dataloader (part of the run's fingerprint), when it can tell."""
+    dataset = getattr(loader, "dataset", None)
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:
+        return None

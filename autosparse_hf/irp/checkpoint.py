@@ -7,6 +7,7 @@ where it stands in the cycles.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,54 @@ CHECKPOINT_STATE_DIR = "irp_state"
 STATE_FORMAT_VERSION = 1
 
 
+STATE_FILE = "state.json"
+TENSORS_FILE = "tensors.safetensors"
+
+
 @dataclass
 class IRPTrainingState:
-    """Everything IRP needs to continue a run: the record so far, the cycle in progress and the rewind targets."""
+    """Everything IRP needs to continue a run: the record so far, the cycle in progress and the rewind targets.
+
+    ``run`` fingerprints what shapes the run beyond the IRP configuration (seed, data size, batch size, world
+    size, length): a resume with other values would record a different run under the same id.
+    """
 
     record: IRPRecord
     cycle: int
     cycle_ends: list[int]
     init_snapshot: dict[str, torch.Tensor]
     rewind_snapshot: dict[str, torch.Tensor] | None = None
+    run: dict[str, Any] | None = None
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """Whether a Trainer checkpoint holds complete IRP state (``state.json`` is written last)."""
+    return (Path(checkpoint) / CHECKPOINT_STATE_DIR / STATE_FILE).is_file()
+
+
+def run_fingerprint(args: Any, state: Any, train_examples: int | None) -> dict[str, Any]:
+    """What shapes an IRP run besides its ``IRPConfig`` (compared on resume)."""
+    return {
+        "seed": args.seed,
+        "world_size": args.world_size,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "max_steps": state.max_steps,
+        "train_examples": train_examples,
+    }
+
+
+def check_same_run(saved: dict[str, Any] | None, now: dict[str, Any], folder: Path) -> None:
+    """Raise ``ValueError`` listing every fingerprint entry that differs between the checkpoint and this run."""
+    if saved is None:
+        return  # written before fingerprints existed
+    diff = {k: (saved.get(k), v) for k, v in now.items() if k in saved and saved.get(k) != v}
+    if diff:
+        listing = ", ".join(f"{k}: {a!r} saved, {b!r} now" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"checkpoint {folder} belongs to a different run ({listing}); resume with the arguments it was written "
+            "with, or start a new run in another output_dir"
+        )
 
 
 def save_training_state(folder: Path, state: IRPTrainingState, parameters: dict[str, list[int]]) -> None:
@@ -54,16 +94,20 @@ def save_training_state(folder: Path, state: IRPTrainingState, parameters: dict[
         "layers": [layer.to_dict() for layer in record.features.layers],
         "feature_num_batches": record.features.num_batches,
         "has_rewind_snapshot": state.rewind_snapshot is not None,
+        "run": state.run,
     }
     target, tmp = atomic_write_dir(folder)
-    save_file(tensors, str(tmp / "tensors.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+    save_file(tensors, str(tmp / TENSORS_FILE))
     commit_dir(target, tmp)
+    # Written last and atomically: its presence marks the checkpoint's IRP part complete (is_complete).
+    partial = target / f".{STATE_FILE}.tmp"
+    partial.write_text(json.dumps(meta, indent=2))
+    os.replace(partial, target / STATE_FILE)
 
 
 def load_training_state(folder: Path, config: dict[str, Any], parameters: dict[str, list[int]]) -> IRPTrainingState:
     """Read ``folder``; the IRP configuration and the prunable parameters must be those of the run resuming it."""
-    meta = json.loads((folder / "state.json").read_text())
+    meta = json.loads((folder / STATE_FILE).read_text())
     if meta.get("format_version") != STATE_FORMAT_VERSION:
         raise ValueError(f"{folder} has IRP state format {meta.get('format_version')!r}, expected {STATE_FORMAT_VERSION}")
     if meta["config"] != config:
@@ -71,7 +115,7 @@ def load_training_state(folder: Path, config: dict[str, Any], parameters: dict[s
         raise ValueError(f"checkpoint {folder} was written by a different IRP configuration: {diff} (saved, now)")
     if meta["parameters"] != parameters:
         raise ValueError(f"checkpoint {folder} was written for a different model (prunable parameters differ)")
-    tensors = load_file(str(folder / "tensors.safetensors"))
+    tensors = load_file(str(folder / TENSORS_FILE))
     init = {k[len("init/") :]: v for k, v in tensors.items() if k.startswith("init/")}
     rewind = None
     if meta["has_rewind_snapshot"]:
@@ -85,4 +129,4 @@ def load_training_state(folder: Path, config: dict[str, Any], parameters: dict[s
         history=meta["history"],
         finished=meta["finished"],
     )
-    return IRPTrainingState(record, meta["cycle"], list(meta["cycle_ends"]), init, rewind)
+    return IRPTrainingState(record, meta["cycle"], list(meta["cycle_ends"]), init, rewind, meta.get("run"))

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from transformers import Trainer
-from transformers.trainer_utils import get_last_checkpoint
 
+from ..checkpoints import broadcast_path, last_complete_checkpoint, remove_stale_temporaries
 from ..records import RUN_DIR, is_complete_run
 from ..training import TrainRecipe, world_size
 from .callback import IRPCallback
+from .checkpoint import is_complete
 from .config import IRPConfig
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,16 @@ def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRP
         compute_metrics=compute_metrics_for_classification,
         callbacks=[irp],
     )
-    checkpoint = get_last_checkpoint(run.output_dir) if run.resume and Path(run.output_dir).is_dir() else None
-    trainer.train(resume_from_checkpoint=checkpoint)
+    checkpoint = None
+    if run.resume and trainer.is_world_process_zero():
+        # Only checkpoints whose IRP state is complete count; a newer one a kill left half-written is removed, and
+        # so are the temporary folders of interrupted atomic saves.
+        remove_stale_temporaries(run.output_dir)
+        checkpoint = last_complete_checkpoint(run.output_dir, is_complete, remove_incomplete=True)
+    checkpoint = broadcast_path(checkpoint)  # rank 0's choice on every rank
+    if checkpoint is not None:
+        logger.info("resuming IRP from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     if run.push_to_hub and trainer.is_world_process_zero():
         from ..records.score_io import push_score_dataset
 
@@ -98,3 +107,4 @@ def _cycle_steps(dataset: Any, recipe: TrainRecipe) -> int:
 
     per_epoch = math.ceil(len(dataset["train"]) / (recipe.batch_size * world_size()))
     return per_epoch * int(recipe.epochs)
+

@@ -106,9 +106,10 @@ def test_masks_are_saved_with_checkpoints_and_reloaded_on_resume(tmp_path):
     assert all(torch.equal(saved[n], callback.masks[n]) for n in callback.masks)
     assert (tmp_path / "checkpoint-10" / CHECKPOINT_MASK_DIR).is_dir()
 
-    # A fresh model and callback resuming from step 5 get the masks chosen at initialization, not new ones.
+    # A fresh model (another initialization, whose SNIP masks would differ) resuming from step 5 gets the masks
+    # chosen at initialization, not new ones.
     resumed_model = build_model(seed=1)
-    resumed = PaICallback(criterion="magnitude", sparsity=0.5)
+    resumed = PaICallback(criterion="snip", sparsity=SPARSITY)
     trainer, _ = make_trainer(resumed_model, resumed, tmp_path, max_steps=10, save_steps=5)
     trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
     assert all(torch.equal(resumed.masks[n], saved[n]) for n in saved)
