@@ -57,3 +57,31 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda_rng)
         random.setstate(py_rng)
         np.random.set_state(np_rng)
+
+
+LOW_PRECISION: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
+
+
+@contextmanager
+def float32_scoring(model: nn.Module) -> Iterator[None]:
+    """Compute in float32 on a half-precision model: its fp16/bf16 parameters and buffers are upcast in place (the
+    same ``Parameter`` objects, so optimizers keep their references) and cast back on exit.
+
+    Scores of fp16/bf16 weights are then exactly the scores of their float32 copy: products through the network
+    (SynFlow) do not overflow fp16's 65504, small gradients do not flush to zero, and float32 data feeds the model.
+    Use it inside ``preserved_model_state``, which restores the values afterwards.
+    """
+    params = [(p, p.dtype) for p in model.parameters() if p.dtype in LOW_PRECISION]
+    buffers = [(b, b.dtype) for b in model.buffers() if b.dtype in LOW_PRECISION]
+    if not params and not buffers:
+        yield
+        return
+    for tensor, _ in params + buffers:
+        tensor.data = tensor.data.float()
+    try:
+        yield
+    finally:
+        for tensor, dtype in params + buffers:
+            tensor.data = tensor.data.to(dtype)
+            if isinstance(tensor, nn.Parameter) and tensor.grad is not None:
+                tensor.grad = tensor.grad.to(dtype)

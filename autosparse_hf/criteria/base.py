@@ -17,7 +17,7 @@ from torch import nn
 
 from ..families import ModelFamily, PrunableParameter, get_family, get_prunable_parameters
 from ..masks import check_scores
-from ..state import preserved_model_state
+from ..state import float32_scoring, preserved_model_state
 
 
 @dataclass
@@ -142,7 +142,8 @@ def compute_scores(
         existing=existing,
         budgets=budgets,
     )
-    with preserved_model_state(model):
+    # Half-precision models are scored in float32 (then cast back): same scores as their float32 copy.
+    with preserved_model_state(model), float32_scoring(model):
         scores = crit.score(context)
     # float64 stays float64: iterative criteria (SynFlow, ticket) encode an order finer than float32 resolves.
     scores = {n: scores[n].detach() for n in params}

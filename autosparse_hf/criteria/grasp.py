@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..gradients import average_gradients, take_batches
 from .base import Criterion, ScoringContext, register_criterion
+
+
+def _hardsigmoid(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:  # noqa: A002, ARG001
+    return F.relu6(input + 3.0) / 6.0
+
+
+def _hardswish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:  # noqa: A002, ARG001
+    return input * F.relu6(input + 3.0) / 6.0
+
+
+@contextmanager
+def twice_differentiable_activations() -> Iterator[None]:
+    """Replace ``F.hardsigmoid`` / ``F.hardswish`` (whose backward has no derivative of its own in torch) by the same
+    functions written with ``relu6``, for the Hessian-vector product; equal values, never in place."""
+    saved = F.hardsigmoid, F.hardswish
+    F.hardsigmoid, F.hardswish = _hardsigmoid, _hardswish
+    try:
+        yield
+    finally:
+        F.hardsigmoid, F.hardswish = saved
 
 
 @register_criterion
@@ -34,8 +57,9 @@ class GraSPCriterion(Criterion):
         hessian_grad = [torch.zeros_like(w) for w in weights]
         for batch in batches:
             # The fused attention kernels (flash, memory-efficient, CPU flash) have no double backward; the math
-            # kernel is plain differentiable ops, so attention models (BERT, GPT-2, ViT) get a Hessian too.
-            with sdpa_kernel(SDPBackend.MATH):
+            # kernel is plain differentiable ops, so attention models (BERT, GPT-2, ViT) get a Hessian too. The same
+            # holds for hard-sigmoid / hard-swish (MobileNetV3, EfficientNet-lite in timm).
+            with sdpa_kernel(SDPBackend.MATH), twice_differentiable_activations():
                 loss = context.family.loss(model, batch) / len(batches)
                 first = torch.autograd.grad(loss, weights, create_graph=True)
                 dot = sum((g * grads[n]).sum() for g, n in zip(first, names, strict=True))

@@ -143,8 +143,49 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter (the default dtype if it has none)."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.get_default_dtype()
+
+
+def move_batch(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """``batch`` on ``device``; with ``dtype``, floating tensors (pixels, embeddings) are cast to it too, so a float32
+    batch feeds a half-precision model and the reverse (integer ids and labels keep their dtype)."""
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, dtype=dtype) if dtype is not None and value.is_floating_point() else value.to(device)
+        moved[key] = value
+    return moved
+
+
+def as_batch_dict(batch: Any, input_name: str) -> dict[str, Any]:
+    """A batch as the dict every family works on.
+
+    Accepted, as users have them: a mapping (a dict, a ``transformers.BatchEncoding``), an ``(inputs, labels)`` tuple
+    or list (a ``TensorDataset`` through a ``DataLoader``), an ``(inputs,)`` tuple, or a bare input tensor (enough for
+    data-free criteria). The input goes under ``input_name`` (the key the model family feeds), labels under
+    ``labels``.
+
+    Raises:
+        TypeError: anything else, naming the type received.
+    """
+    if isinstance(batch, Mapping):
+        return dict(batch)
+    if isinstance(batch, torch.Tensor):
+        return {input_name: batch}
+    if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 2 and all(isinstance(v, torch.Tensor) for v in batch):
+        return {input_name: batch[0], "labels": batch[1]} if len(batch) == 2 else {input_name: batch[0]}
+    described = type(batch).__name__
+    if isinstance(batch, (tuple, list)):
+        described += f" of {len(batch)} items (" + ", ".join(type(v).__name__ for v in batch) + ")"
+    raise TypeError(
+        f"cannot use a batch of type {described}: give a dict (e.g. {{'{input_name}': x, 'labels': y}}), an "
+        "(inputs, labels) tuple of tensors, or an input tensor"
+    )
 
 
 def input_key(batch: Mapping[str, Any]) -> str:
@@ -189,19 +230,26 @@ class ModelFamily:
     """
 
     name: str = "torch"
+    # The key a tuple or tensor batch's input goes under (see ``as_batch_dict``).
+    input_name: str = "inputs"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         return True
 
-    def forward(self, model: nn.Module, batch: Mapping[str, Any]) -> Any:
-        batch = move_batch(batch, model_device(model))
+    def batch(self, model: nn.Module, batch: Any) -> dict[str, Any]:
+        """``batch`` (any accepted form, see ``as_batch_dict``) as a dict on the model's device and dtype."""
+        return move_batch(as_batch_dict(batch, self.input_name), model_device(model), model_dtype(model))
+
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        batch = self.batch(model, batch)
         if _accepts_kwargs(model, list(batch)):
             return model(**batch)
         return model(batch[input_key(batch)])
 
-    def loss(self, model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """Training loss of ``model`` on ``batch``: the model's own ``loss`` output, else cross-entropy."""
+        batch = self.batch(model, batch)
         outputs = self.forward(model, batch)
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
         if loss is not None:
@@ -227,12 +275,13 @@ class ModelFamily:
             )
         return {"pixel_values": torch.randn(batch_size, *shape, device=model_device(model))}
 
-    def synflow_inputs(self, model: nn.Module, batch: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    def synflow_inputs(self, model: nn.Module, batch: Any = None) -> dict[str, torch.Tensor]:
         """The all-ones input of SynFlow (Tanaka et al. 2020): one example, every input value 1."""
         if batch is not None:
+            batch = as_batch_dict(batch, self.input_name)
             key = input_key(batch)
             value = batch[key]
-            return {key: torch.ones_like(value[:1], dtype=torch.get_default_dtype()).to(model_device(model))}
+            return {key: torch.ones_like(value[:1], dtype=model_dtype(model)).to(model_device(model))}
         inputs = self.example_inputs(model, batch_size=1)
         return {k: torch.ones_like(v) for k, v in inputs.items()}
 

@@ -50,6 +50,7 @@ class TimmFamily(ModelFamily):
     """timm models: the input shape comes from ``pretrained_cfg["input_size"]`` (channels, height, width)."""
 
     name = "timm"
+    input_name = "pixel_values"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

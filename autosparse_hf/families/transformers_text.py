@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .base import ModelFamily, extract_logits, model_device, move_batch, register_family
+from .base import ModelFamily, as_batch_dict, extract_logits, model_device, model_dtype, register_family
 
 
 @register_family
@@ -17,6 +17,7 @@ class TransformersTextFamily(ModelFamily):
     """Token-id models. SynFlow's all-ones signal cannot be a token id, so it is fed as ``inputs_embeds``."""
 
     name = "transformers-text"
+    input_name = "input_ids"
     sequence_length: int = 16
 
     @classmethod
@@ -27,8 +28,8 @@ class TransformersTextFamily(ModelFamily):
         limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         return min(self.sequence_length, int(limit)) if limit else self.sequence_length
 
-    def forward(self, model: nn.Module, batch: Mapping[str, Any]) -> Any:
-        return model(**move_batch(batch, model_device(model)))
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        return model(**self.batch(model, batch))
 
     def input_shape(self, model: nn.Module) -> tuple[int, ...] | None:
         return (self._length(model),)
@@ -39,10 +40,11 @@ class TransformersTextFamily(ModelFamily):
         ids = torch.randint(0, int(model.config.vocab_size), (batch_size, length), device=device)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
-    def synflow_inputs(self, model: nn.Module, batch: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    def synflow_inputs(self, model: nn.Module, batch: Any = None) -> dict[str, torch.Tensor]:
+        batch = as_batch_dict(batch, self.input_name) if batch is not None else None
         length = batch["input_ids"].shape[1] if batch is not None and "input_ids" in batch else self._length(model)
         hidden = model.get_input_embeddings().embedding_dim
-        return {"inputs_embeds": torch.ones(1, length, hidden, device=model_device(model))}
+        return {"inputs_embeds": torch.ones(1, length, hidden, device=model_device(model), dtype=model_dtype(model))}
 
     def synflow_output(self, model: nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
         return extract_logits(model(**inputs))

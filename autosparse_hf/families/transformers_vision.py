@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 from transformers import PreTrainedModel
 
-from .base import ModelFamily, model_device, move_batch, register_family
+from .base import ModelFamily, register_family
 
 
 @register_family
@@ -16,13 +15,14 @@ class TransformersVisionFamily(ModelFamily):
     """Image models of transformers; the input shape is ``(num_channels, image_size, image_size)`` of the config."""
 
     name = "transformers-vision"
+    input_name = "pixel_values"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         return isinstance(model, PreTrainedModel) and getattr(model, "main_input_name", "") == "pixel_values"
 
-    def forward(self, model: nn.Module, batch: Mapping[str, Any]) -> Any:
-        return model(**move_batch(batch, model_device(model)))
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        return model(**self.batch(model, batch))
 
     def input_shape(self, model: nn.Module) -> tuple[int, ...] | None:
         config = model.config
