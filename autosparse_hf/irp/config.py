@@ -62,7 +62,14 @@ class IRPConfig:
         # A YAML scalar is one pattern, never a sequence of one-character patterns.
         self.include = [self.include] if isinstance(self.include, str) else list(self.include)
         self.exclude = [self.exclude] if isinstance(self.exclude, str) else list(self.exclude)
+        for name in ("cycles", "rewind_step", "feature_num_batches", "criterion_num_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.densities:
+            if self.schedule not in ("equal_count", "custom"):
+                # equal_count is the default, so it cannot tell a user's choice; anything else would be overridden.
+                raise ValueError(f"densities set the schedule (custom); schedule={self.schedule!r} contradicts them")
             values = [float(d) for d in self.densities]
             if not all(0.0 < d < 1.0 for d in values) or any(b >= a for a, b in zip(values, values[1:], strict=False)):
                 raise ValueError(f"densities must be strictly decreasing values in (0, 1), got {self.densities!r}")

@@ -10,6 +10,7 @@ fresh seeds only, never the source's.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from .grid import (
     summarize,
 )
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 HANDCRAFTED = ("random", "random@erk", "magnitude", "snip", "grasp", "synflow")
 
 
@@ -82,6 +84,14 @@ class BenchmarkConfig:
         return config
 
     def validate(self) -> None:
+        names = [target.name for target in self.targets]
+        for name in names:
+            # Target names become folder names: nothing that could leave the output folder or collide.
+            if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+                raise ValueError(f"target name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"target names {duplicates} appear more than once")
         for target in self.targets:
             seeds = target.seeds or self.seeds
             if target.kind == "in-distribution" and self.source_seed in seeds:

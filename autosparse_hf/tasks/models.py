@@ -144,7 +144,8 @@ def _config_from_path(name_or_config: str | PretrainedConfig) -> str | Pretraine
     if (path.suffix == ".json" and path.is_file()) or (path.is_dir() and (path / "config.json").is_file()):
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(str(path))
+        # Never run code shipped with a config (auto_map): without this, transformers asks interactively.
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     return name_or_config
 
 
@@ -271,4 +272,4 @@ def _from_transformers_config(
         config.num_channels = shape[0]
     if hasattr(config, "image_size") and len(shape) == 3:
         config.image_size = shape[1] if shape[1] == shape[2] else list(shape[1:])
-    return AutoModelForImageClassification.from_config(config)
+    return AutoModelForImageClassification.from_config(config, trust_remote_code=False)

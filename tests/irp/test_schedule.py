@@ -154,3 +154,11 @@ def test_config_rejects_other_bad_values() -> None:
         IRPConfig(criterion_num_batches=0)
     with pytest.raises(ValueError, match="scope must be one of"):
         IRPConfig(scope="layerwise")
+
+
+def test_config_refuses_bools_for_integers_and_a_schedule_the_densities_would_override() -> None:
+    with pytest.raises(ValueError, match="cycles must be an integer, got True"):
+        IRPConfig(cycles=True)
+    with pytest.raises(ValueError, match="schedule='geometric' contradicts"):
+        IRPConfig(densities=[0.5, 0.2], schedule="geometric")
+    assert IRPConfig(densities=[0.5, 0.2]).schedule == "custom"

@@ -114,3 +114,12 @@ def test_reference_irp_schedule_has_a_cycle_at_every_benchmark_density():
         assert round((1 - sparsity) * 266_200) in counts  # an exact ticket at every benchmark sparsity
     # 0.5, 0.2, 0.1, 0.05 and 0.02 are not densities of the default schedule (0.505, 0.208, 0.109, 0.0595); 0.01 is.
     assert len(densities) == 20 + 5
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", ".."])
+def test_benchmark_target_names_cannot_leave_the_output_folder(name):
+    from autosparse_hf.study.benchmark import BenchmarkTarget
+
+    config = BenchmarkConfig(targets=[BenchmarkTarget(name=name, model="lenet300100", task="digits")])
+    with pytest.raises(ValueError, match="names a folder"):
+        config.validate()

@@ -370,3 +370,15 @@ def test_build_model_from_a_config_file_or_folder(tmp_path) -> None:
         model = build_model(str(source), "mnist", seed=0)
         assert type(model).__name__ == "ViTForImageClassification"
         assert model.config.hidden_size == 32 and model.config.num_labels == 10
+
+
+def test_a_config_that_ships_code_is_refused_without_a_prompt(tmp_path):
+    import json
+
+    from autosparse_hf.tasks import build_model
+
+    config = {"model_type": "someone-elses-model", "auto_map": {"AutoConfig": "configuration_x.XConfig"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "configuration_x.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises((ValueError, OSError), match="trust_remote_code|remote code"):
+        build_model(str(tmp_path), "mnist", seed=0)
