@@ -11,6 +11,7 @@ density per tensor, or Erdos-Renyi-Kernel densities (exact divisor rules; see ``
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -78,7 +79,9 @@ def allocation_class(name: str) -> type[Allocation]:
     """The registered class of ``name`` (old aliases accepted)."""
     name = _ALIASES.get(name, name)
     if name not in _ALLOCATIONS:
-        raise ValueError(f"unknown layer budgets {name!r}; known: {', '.join(list_budgets())}")
+        close = difflib.get_close_matches(str(name), list_budgets(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise ValueError(f"unknown layer budgets {name!r}{hint} Known: {', '.join(list_budgets())}")
     return _ALLOCATIONS[name]
 
 

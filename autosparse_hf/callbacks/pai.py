@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class PaICallback(MaskEnforcingCallback):
         self.config = config
         self.dataloader = dataloader
         self.masks: MaskSet | None = None
+        self.pruning_seconds: float | None = None
 
     @property
     def criterion(self) -> str | Criterion:
@@ -92,7 +94,10 @@ class PaICallback(MaskEnforcingCallback):
             self.masks.apply(model)
             logger.info("resumed the masks of %s", checkpoint / CHECKPOINT_MASK_DIR)
         else:
+            start = time.perf_counter()
             self.masks = self.compute_masks(model, self.dataloader or kwargs.get("train_dataloader"))
+            # The Trainer's train_runtime includes this; the logs report it apart so training time can be told.
+            self.pruning_seconds = time.perf_counter() - start
         self.enforce(model, self.masks)
         logger.info("pruned %s to sparsity %.6f", type(model).__name__, self.masks.sparsity)
 
@@ -119,9 +124,12 @@ class PaICallback(MaskEnforcingCallback):
             value = round(self.masks.sparsity, 6)
             # Trainer.log appends a copy of ``logs`` to ``state.log_history`` before ``on_log``; the copy needs it too.
             entry = state.log_history[-1] if state.log_history else {}
+            extra = {"sparsity": value}
+            if "train_runtime" in logs and self.pruning_seconds is not None:
+                extra["pruning_runtime"] = round(self.pruning_seconds, 4)
             if entry.get("step") == state.global_step and set(logs) <= set(entry):
-                entry["sparsity"] = value
-            logs["sparsity"] = value
+                entry.update(extra)
+            logs.update(extra)
 
     def on_save(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
         if self.masks is not None and state.is_world_process_zero:

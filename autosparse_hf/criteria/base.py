@@ -8,6 +8,7 @@ buffers, gradients, ``requires_grad``, train/eval modes and RNG states (``comput
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -104,7 +105,9 @@ def get_criterion(criterion: str | Criterion, **options: Any) -> Criterion:
 def criterion_class(name: str) -> type[Criterion]:
     """The registered class of ``name``; unknown names raise ``ValueError`` listing the known ones."""
     if name not in _CRITERIA:
-        raise ValueError(f"unknown criterion {name!r}; known criteria: {', '.join(list_criteria())}")
+        close = difflib.get_close_matches(str(name), list_criteria(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise ValueError(f"unknown criterion {name!r}{hint} Known criteria: {', '.join(list_criteria())}")
     return _CRITERIA[name]
 
 

@@ -244,7 +244,8 @@ class IRPCallback(MaskEnforcingCallback):
     def on_log(self, args, state, control, logs: dict[str, float] | None = None, **kwargs) -> None:  # noqa: ANN001
         if logs is None or self.record is None:
             return
-        logs["irp_cycle"] = self.cycle
+        # After the last cycle ends, self.cycle points one past it; the closing log lines belong to the last cycle.
+        logs["irp_cycle"] = min(self.cycle, self.config.training_cycles)
         logs["irp_density"] = round(self.density_of(self.pruned_cycles_done()), 6)
 
     def on_evaluate(self, args, state, control, metrics: dict[str, float] | None = None, **kwargs) -> None:  # noqa: ANN001

@@ -131,3 +131,12 @@ def test_old_spellings_still_work():
         A.prune_at_init(build(), "magnitude", 0.8, scope="uniform", budgets="erk")
     with pytest.raises(TypeError, match="unknown pruning option"):
         A.prune_at_init(build(), "magnitude", 0.8, budget="uniform")
+
+
+def test_misspelled_names_get_a_suggestion():
+    with pytest.raises(ValueError, match="did you mean 'snip'"):
+        A.PaICallback("snp", 0.9)
+    with pytest.raises(ValueError, match="did you mean 'learned'"):
+        A.PruneConfig("snip", budgets="learnd")
+    with pytest.raises(ValueError, match=r"unknown criterion 'zzz'\. Known criteria"):
+        A.PruneConfig("zzz")

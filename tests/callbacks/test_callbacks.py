@@ -95,6 +95,9 @@ def test_masks_stay_exactly_enforced_through_sgd_with_momentum_and_weight_decay(
     logged = [entry["sparsity"] for entry in trainer.state.log_history if "sparsity" in entry]
     assert logged and all(value == pytest.approx(masks.sparsity, abs=1e-6) for value in logged)
     assert trainer.state.global_step == 20
+    # Pruning time is reported apart from training time in the closing log line.
+    final = trainer.state.log_history[-1]
+    assert "train_runtime" in final and 0 < final["pruning_runtime"] <= final["train_runtime"]
 
 
 def test_masks_are_saved_with_checkpoints_and_reloaded_on_resume(tmp_path):

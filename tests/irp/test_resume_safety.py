@@ -98,3 +98,19 @@ def test_stale_temporary_folders_are_removed(tmp_path):
     assert sorted(p.name for p in removed) == [".irp.tmp-abc123", ".irp_state.tmp-x"]
     assert [p.name for p in tmp_path.iterdir()] == ["irp"]
     shutil.rmtree(tmp_path / "irp")
+
+
+def test_log_lines_carry_the_cycle_they_belong_to(tmp_path):
+    # The closing lines (after the last cycle ended) belong to the last cycle, not to one past it.
+    class Logs(TrainerCallback):
+        def __init__(self) -> None:
+            self.lines = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
+            self.lines.append(dict(logs or {}))
+
+    logs = Logs()
+    run_irp(tmp_path, CONFIG, after=[logs], logging_steps=4)
+    cycles = [line["irp_cycle"] for line in logs.lines if "irp_cycle" in line]
+    assert max(cycles) == CONFIG.training_cycles and cycles == sorted(cycles)
+    assert any("train_runtime" in line and line["irp_cycle"] == CONFIG.training_cycles for line in logs.lines)
