@@ -36,9 +36,31 @@ class IRPRunArguments:
         default=True, metadata={"help": "Save a Trainer checkpoint at every cycle end so a killed run resumes."}
     )
     resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir, if any."})
-    push_to_hub: str | None = field(default=None, metadata={"help": "Hub dataset repo to push the scores to."})
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Push the score dataset to the Hub as hub_model_id (as TrainingArguments does)."}
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub dataset repo of the scores (org/name)."})
+    hub_private_repo: bool | None = field(default=None, metadata={"help": "Make the Hub repo private."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training examples."})
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
+
+    def __post_init__(self) -> None:
+        # A push is checked now, not after hours of training: the repo id must be given and the Hub reachable.
+        if isinstance(self.push_to_hub, str):
+            raise ValueError(
+                f"push_to_hub is a flag (true/false), got {self.push_to_hub!r}; give the repo as "
+                f"hub_model_id={self.push_to_hub!r}"
+            )
+        if self.push_to_hub:
+            if not self.hub_model_id:
+                raise ValueError("push_to_hub needs hub_model_id (the Hub dataset repo, e.g. 'me/lenet-irp-scores')")
+            from huggingface_hub import constants
+
+            if constants.HF_HUB_OFFLINE:
+                raise ConnectionError(
+                    f"push_to_hub to {self.hub_model_id!r} was requested but the Hub is offline (HF_HUB_OFFLINE=1); "
+                    "nothing was trained; unset push_to_hub or go online"
+                )
 
 
 def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRPCallback:
@@ -88,10 +110,10 @@ def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRP
     if checkpoint is not None:
         logger.info("resuming IRP from %s", checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
-    if run.push_to_hub and trainer.is_world_process_zero():
+    if run.push_to_hub and run.hub_model_id and trainer.is_world_process_zero():
         from ..records.score_io import push_score_dataset
 
-        push_score_dataset(irp.to_dataset(), run.push_to_hub)
+        push_score_dataset(irp.to_dataset(), run.hub_model_id, private=run.hub_private_repo)
     return irp
 
 

@@ -190,3 +190,22 @@ def test_runner_resumes_a_killed_run_and_refuses_a_finished_one(tmp_path: Path) 
     assert again.to_dataset().data.table.equals(reference.data.table)
     final = MaskSet.from_pretrained(folder / "final_mask")
     assert all(torch.equal(final[n], first.mask_after(3)[n]) for n in final)
+
+
+def test_an_offline_push_fails_before_any_training(tmp_path: Path) -> None:
+    import time
+
+    from autosparse_hf.irp.runner import IRPRunArguments
+
+    with pytest.raises(ValueError, match="needs hub_model_id"):
+        IRPRunArguments(push_to_hub=True)
+    with pytest.raises(ValueError, match="push_to_hub is a flag"):
+        IRPRunArguments(push_to_hub="me/scores")
+    out = tmp_path / "never-written"
+    cmd = [sys.executable, "recipes/irp.py", "--push_to_hub", "true", "--hub_model_id", "me/scores",
+           "--output_dir", str(out)]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "offline" in done.stderr and "nothing was trained" in done.stderr
+    assert not out.exists() and time.perf_counter() - start < 60
