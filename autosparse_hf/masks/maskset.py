@@ -7,6 +7,7 @@ a JSON config (``mask_config.json``) plus the tensors in safetensors (``masks.sa
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -202,6 +203,8 @@ class MaskSet(Mapping[str, torch.Tensor]):
             "shapes": {n: list(m.shape) for n, m in self._masks.items()},
             "numel": self.numel,
             "num_kept": self.num_kept,
+            # Per-tensor counts let a load tell which tensor is corrupt, and catch flips that cancel in the total.
+            "kept": {n: int(m.sum()) for n, m in self._masks.items()},
             "sparsity": self.sparsity,
             "metadata": self.metadata,
         }
@@ -217,7 +220,12 @@ class MaskSet(Mapping[str, torch.Tensor]):
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike[str], **hub_kwargs: Any) -> MaskSet:
-        """Load masks saved by :meth:`save_pretrained` from a folder, or from a Hub repository when online."""
+        """Load masks saved by :meth:`save_pretrained` from a folder, or from a Hub repository when online.
+
+        The files are checked before any mask is built: every tensor is bool with only 0/1 bytes, and what
+        ``mask_config.json`` records (names, shapes, per-tensor and total kept counts, numel, sparsity) agrees with
+        the tensors. Raises ``ValueError`` naming the file and the field (or tensor) otherwise.
+        """
         folder = Path(path_or_repo_id)
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
@@ -235,23 +243,12 @@ class MaskSet(Mapping[str, torch.Tensor]):
         for f in (config_file, weights_file):
             if not f.is_file():
                 raise FileNotFoundError(f"no {f.name} in {folder}")
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_file} is not valid JSON: {err}") from err
-        if not isinstance(config, dict) or not isinstance(config.get("names"), list):
-            raise ValueError(f"{config_file} is not a MaskSet config: expected an object with a 'names' list")
-        if config.get("format_version") != MASK_FORMAT_VERSION:
-            raise ValueError(
-                f"{config_file} has format_version {config.get('format_version')!r}, expected {MASK_FORMAT_VERSION}"
-            )
-        try:
-            tensors = load_file(str(weights_file))
-        except Exception as err:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"{weights_file} is not a readable safetensors file: {err}") from err
+        config = _read_config(config_file)
+        tensors = _read_tensors(weights_file)
         names = config["names"]
         if set(names) != set(tensors):
             raise ValueError(f"{weights_file} holds {sorted(tensors)} but {config_file} lists {sorted(names)}")
+        _check_counts(config, tensors, config_file)
         return cls({n: tensors[n] for n in names}, config.get("metadata"))
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None) -> str:
@@ -263,3 +260,91 @@ class MaskSet(Mapping[str, torch.Tensor]):
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp)
             return str(api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message="Upload MaskSet"))
+
+
+def _read_config(config_file: Path) -> dict[str, Any]:
+    """``mask_config.json`` as a dict, with its version and the types of the fields the tensors are checked against."""
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_file} is not valid JSON: {err}") from err
+    if not isinstance(config, dict) or not isinstance(config.get("names"), list):
+        raise ValueError(f"{config_file} is not a MaskSet config: expected an object with a 'names' list")
+    if config.get("format_version") != MASK_FORMAT_VERSION:
+        raise ValueError(
+            f"{config_file} has format_version {config.get('format_version')!r}, expected {MASK_FORMAT_VERSION}"
+        )
+    names = config["names"]
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{config_file}: 'names' must be a list of strings, got {names!r}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        # A repeated name would silently collapse into one mask when the dict is built.
+        raise ValueError(f"{config_file}: 'names' lists {repeated} more than once")
+    for key, kind in (("shapes", dict), ("numel", int), ("num_kept", int), ("sparsity", (int, float))):
+        value = config.get(key)
+        # bool is an int in Python; a JSON true is no count.
+        if not isinstance(value, kind) or isinstance(value, bool):
+            expected = "an object" if kind is dict else "a number"
+            raise ValueError(f"{config_file}: '{key}' must be {expected}, got {value!r}")
+    if "kept" in config and not isinstance(config["kept"], dict):
+        raise ValueError(f"{config_file}: 'kept' must be an object of per-tensor counts, got {config['kept']!r}")
+    return config
+
+
+def _read_tensors(weights_file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``masks.safetensors``, each checked to be bool with only 0/1 bytes."""
+    try:
+        tensors = load_file(str(weights_file))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{weights_file} is not a readable safetensors file: {err}") from err
+    for name, tensor in tensors.items():
+        if tensor.dtype != torch.bool:
+            raise ValueError(f"{weights_file}: tensor {name!r} has dtype {tensor.dtype}, expected torch.bool")
+        _check_bool_bytes(tensor, name, weights_file)
+    return tensors
+
+
+def _check_bool_bytes(tensor: torch.Tensor, name: str, weights_file: Path) -> None:
+    """Refuse bool data holding bytes other than 0 and 1.
+
+    safetensors stores a bool as one raw byte and torch adopts the bytes unchecked: a byte 0x05 reads as True in
+    one operation and misbehaves in others (comparisons, byte-wise sums), so such a file is corrupt, not a mask.
+    """
+    raw = tensor.reshape(-1).view(torch.uint8)
+    bad = torch.nonzero(raw > 1)
+    if bad.numel():
+        first = int(bad[0, 0])
+        raise ValueError(
+            f"{weights_file}: bool tensor {name!r} holds {bad.shape[0]} byte(s) that are not 0 or 1 "
+            f"(first at flat position {first}: 0x{int(raw[first]):02x}); the file is corrupt"
+        )
+
+
+def _check_counts(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], config_file: Path) -> None:
+    """Compare what ``mask_config.json`` records (shapes, per-tensor and total counts, sparsity) with the tensors."""
+    names = config["names"]
+    shapes = config["shapes"]
+    for name in names:
+        recorded, actual = shapes.get(name), list(tensors[name].shape)
+        if recorded != actual:
+            raise ValueError(f"{config_file}: shapes[{name!r}] is {recorded!r} but the tensor has shape {actual}")
+    extra = sorted(set(shapes) - set(names))
+    if extra:
+        raise ValueError(f"{config_file}: shapes lists {extra}, which are not in 'names'")
+    kept = {name: int(tensors[name].sum()) for name in names}
+    recorded_kept = config.get("kept")  # absent in files written before per-tensor counts were recorded
+    if recorded_kept is not None and set(recorded_kept) != set(names):
+        raise ValueError(f"{config_file}: kept lists {sorted(recorded_kept)} but 'names' lists {sorted(names)}")
+    for name, count in (recorded_kept or {}).items():
+        if count != kept[name]:
+            raise ValueError(f"{config_file}: tensor {name!r} keeps {kept[name]} weights but kept records {count!r}")
+    numel, num_kept = sum(tensors[n].numel() for n in names), sum(kept.values())
+    if config["numel"] != numel:
+        raise ValueError(f"{config_file}: numel {config['numel']} but the tensors hold {numel} weights")
+    if config["num_kept"] != num_kept:
+        raise ValueError(f"{config_file}: num_kept {config['num_kept']} but the tensors keep {num_kept}")
+    sparsity = 1.0 - num_kept / numel
+    # JSON keeps a float exactly; the slack only absorbs files written by another JSON encoder.
+    if not math.isclose(config["sparsity"], sparsity, rel_tol=0.0, abs_tol=1e-9):
+        raise ValueError(f"{config_file}: sparsity {config['sparsity']} but the tensors' sparsity is {sparsity}")

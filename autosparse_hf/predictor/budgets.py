@@ -81,38 +81,114 @@ def fit_budget_model(
             "points": len(y)}
 
 
+def check_budget_model(model: object, where: str = "the budget model") -> None:
+    """Refuse a budget model this library cannot use: wrong features, wrong length, or non-finite coefficients.
+
+    A budget model may come from a stranger's ``config.json``; a NaN or infinite coefficient would make every
+    tensor's logit NaN/inf, and the count split silently wrong (or, before this check, endless).
+
+    Raises:
+        ValueError: naming ``where`` and the field (``features``, ``coef`` or ``coef[i] (feature)``).
+    """
+    if not isinstance(model, dict):
+        raise ValueError(f"{where} must be an object with 'features' and 'coef', got {type(model).__name__}")
+    features = model.get("features")
+    if not isinstance(features, list) or list(features) != list(BUDGET_FEATURES):
+        raise ValueError(f"{where}: features {features!r} differ from this library's {list(BUDGET_FEATURES)}")
+    coef = model.get("coef")
+    if not isinstance(coef, list) or len(coef) != len(BUDGET_FEATURES):
+        size = len(coef) if isinstance(coef, list) else type(coef).__name__
+        raise ValueError(f"{where}: coef must be a list of {len(BUDGET_FEATURES)} numbers, got {size}")
+    for i, (name, value) in enumerate(zip(BUDGET_FEATURES, coef, strict=True)):
+        # bool is an int in Python; a JSON true is no coefficient.
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"{where}: coef[{i}] ({name}) is {value!r}; every coefficient must be a finite number")
+
+
 def predict_layer_counts(model: dict[str, Any], layers: Sequence[LayerContext], density: float) -> dict[str, int]:
-    """Kept weights per tensor at global ``density``, summing exactly to ``round(density * N)``, each >= 1."""
-    if list(model["features"]) != list(BUDGET_FEATURES):
-        raise ValueError(f"budget model features {model['features']} differ from this library's {BUDGET_FEATURES}")
-    coef = np.asarray(model["coef"])
+    """Kept weights per tensor at global ``density``, summing exactly to ``round(density * N)``, each >= 1.
+
+    Terminates for every input: the model is checked first (:func:`check_budget_model`), the bisection brackets the
+    offset from the tensors' logits and runs a bounded number of steps, and the rounding is in closed form.
+
+    Raises:
+        ValueError: a malformed model, a density outside ``(0, 1]``, a tensor whose logit overflows, or fewer kept
+            weights than tensors.
+    """
+    check_budget_model(model)
+    if not (isinstance(density, int | float) and 0.0 < density <= 1.0):
+        raise ValueError(f"density must be a number in (0, 1], got {density!r}")
+    coef = np.asarray(model["coef"], dtype=np.float64)
     total = sum(layer.numel for layer in layers)
     k = int(round(density * total))
     sizes = np.array([layer.numel for layer in layers], dtype=np.float64)
-    base = np.array([_logit(min(max(density, 1e-6), 1 - 1e-6)) + budget_design(layer, total, density) @ coef
-                     for layer in layers])
+    base = _layer_logits(coef, layers, total, density)
+    if k < len(layers) or k > total:
+        raise ValueError(f"cannot split {k} kept weights over tensors of sizes {sizes.tolist()} (each keeps >= 1)")
+    raw = np.clip(_expected_counts(base, sizes, k), np.minimum(1.0, sizes), sizes)
+    counts = _largest_remainder(raw, sizes.astype(np.int64), k)
+    return {layer.name: int(c) for layer, c in zip(layers, counts, strict=True)}
+
+
+def _layer_logits(coef: np.ndarray, layers: Sequence[LayerContext], total: int, density: float) -> np.ndarray:
+    """Each tensor's logit density before the offset; finite coefficients can still overflow, so it is checked."""
+    z = _logit(min(max(density, 1e-6), 1 - 1e-6))
+    with np.errstate(over="ignore", invalid="ignore"):
+        base = np.array([z + budget_design(layer, total, density) @ coef for layer in layers])
+    bad = [layer.name for layer, b in zip(layers, base, strict=True) if not math.isfinite(b)]
+    if bad:
+        raise ValueError(f"the budget model gives a non-finite logit for tensor(s) {bad}; its coefficients are unusable")
+    return base
+
+
+def _expected_counts(base: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
+    """``sizes * sigmoid(base + t)`` with the offset ``t`` that makes them sum to ``k`` (bisection).
+
+    The sum increases with ``t``. The bracket is [-50, 50] (enough for any trained model), widened when the logits
+    themselves lie beyond it so that it always brackets ``k``; the steps are 200 plus what the extra width needs.
+    """
 
     def kept(t: float) -> np.ndarray:
-        return sizes / (1.0 + np.exp(-(base + t)))
+        with np.errstate(over="ignore"):  # exp overflow -> inf -> a share of exactly 0, which is right
+            return sizes / (1.0 + np.exp(-(base + t)))
 
-    lo, hi = -50.0, 50.0
-    for _ in range(200):  # bisection: kept(t).sum() is increasing in t
-        mid = (lo + hi) / 2
+    lo, hi = min(-50.0, -float(base.max()) - 50.0), max(50.0, -float(base.min()) + 50.0)
+    steps = 200 + max(0, math.ceil(math.log2((hi - lo) / 100.0)))
+    for _ in range(steps):
+        mid = lo / 2 + hi / 2  # halves first: lo + hi may overflow for logits near the float range
         lo, hi = (mid, hi) if kept(mid).sum() < k else (lo, mid)
-    raw = np.clip(kept((lo + hi) / 2), np.minimum(1.0, sizes), sizes)
+    return kept(lo / 2 + hi / 2)
+
+
+def _largest_remainder(raw: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
+    """Integer counts in ``[1, sizes]`` summing to ``k``: ``floor(raw)``, then the units left over (or too many)
+    handed out one per tensor per round, tensors in order of their fractional parts, until none remain.
+
+    The rounds are computed in closed form (a search for the number of full rounds), so the cost does not grow with
+    the number of units to hand out, and the function always returns. Needs ``len(raw) <= k <= sizes.sum()``.
+    """
     counts = np.floor(raw).astype(np.int64)
-    remainder = k - int(counts.sum())
     order = np.argsort(-(raw - counts), kind="stable")
-    i = 0
-    while remainder != 0 and i < 10 * len(layers) + abs(remainder) * len(layers):
-        j = order[i % len(layers)]
-        if remainder > 0 and counts[j] < sizes[j]:
-            counts[j] += 1
-            remainder -= 1
-        elif remainder < 0 and counts[j] > 1:
-            counts[j] -= 1
-            remainder += 1
-        i += 1
-    if remainder != 0:
-        raise ValueError(f"cannot split {k} kept weights over tensors of sizes {sizes.tolist()}")
-    return {layer.name: int(c) for layer, c in zip(layers, counts, strict=True)}
+    remainder = k - int(counts.sum())
+    if remainder > 0:
+        counts[order] += _round_robin(sizes[order] - counts[order], remainder)
+    elif remainder < 0:
+        counts[order] -= _round_robin(counts[order] - 1, -remainder)
+    return counts
+
+
+def _round_robin(capacity: np.ndarray, units: int) -> np.ndarray:
+    """Hand ``units`` out one per slot per round, slots in the given order, each slot up to its ``capacity``."""
+    if units > int(capacity.sum()):
+        raise ValueError(f"cannot hand out {units} units over capacities {capacity.tolist()}")
+    # The largest number of full rounds r with sum(min(capacity, r)) <= units.
+    lo, hi = 0, int(capacity.max(initial=0))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if int(np.minimum(capacity, mid).sum()) <= units else (lo, mid - 1)
+    given = np.minimum(capacity, lo)
+    left = units - int(given.sum())
+    # The rest goes one each to the first slots, in order, that can still take one.
+    open_slots = np.flatnonzero(capacity > lo)[:left]
+    given[open_slots] += 1
+    return given

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 
 from ..features import FEATURE_SCHEMA_VERSION
+from .budgets import check_budget_model
 from .configuration import AutoSConfig
 from .modeling import AutoSModel
 
@@ -17,12 +20,15 @@ def load_predictor(predictor: str | os.PathLike[str] | AutoSModel) -> AutoSModel
     """An ``AutoSModel`` ready to score, from an instance, a ``save_pretrained`` folder, or a Hub id (online).
 
     Only safetensors weights are read (never pickle). Raises ``ValueError`` for a predictor trained on another
-    feature schema version, ``FileNotFoundError`` for a folder without ``config.json``/``model.safetensors``,
+    feature schema version, or with a non-finite weight, feature statistic or budget coefficient (naming the file and
+    the tensor or field), ``FileNotFoundError`` for a folder without ``config.json``/``model.safetensors``,
     ``ConnectionError`` for a Hub id while offline.
     """
     if isinstance(predictor, AutoSModel):
         model = predictor
+        weights_where = config_where = f"the AutoS predictor {model.name_or_path or type(model).__name__}"
     else:
+        weights_where, config_where = (f"{Path(predictor) / name}" for name in ("model.safetensors", "config.json"))
         path = Path(predictor)
         if path.exists():
             for name in ("config.json", "model.safetensors"):
@@ -56,8 +62,39 @@ def load_predictor(predictor: str | os.PathLike[str] | AutoSModel) -> AutoSModel
         if problems:
             raise ValueError(f"the AutoS predictor {predictor!s} does not match its config: {problems}")
     _check_version(model.config.feature_schema_version, type(model).__name__)
+    check_finite_predictor(model, weights_where, config_where)
     model.eval()
     return model
+
+
+def check_finite_predictor(model: AutoSModel, weights_where: str, config_where: str | None = None) -> None:
+    """Refuse a predictor with a non-finite weight, feature statistic or layer-budget coefficient.
+
+    A NaN weight scores every weight NaN (the mask then follows parameter order), a NaN budget coefficient makes
+    the layer budgets meaningless; neither may reach pruning, nor be saved.
+
+    Args:
+        model: The predictor.
+        weights_where: Where its tensors come from (``.../model.safetensors``), named in errors.
+        config_where: Where its config comes from (``.../config.json``); defaults to ``weights_where``.
+
+    Raises:
+        ValueError: naming the file and the tensor (or config field) and how many values are not finite.
+    """
+    config_where = config_where or weights_where
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise ValueError(
+                    f"{weights_where}: tensor {name!r} has {bad} non-finite value(s); the predictor is unusable"
+                )
+    for field in ("feature_mean", "feature_std"):
+        for i, value in enumerate(getattr(model.config, field)):
+            if not math.isfinite(value):
+                raise ValueError(f"{config_where}: {field}[{i}] is {value!r}; the feature statistics must be finite")
+    if model.config.budget_model is not None:
+        check_budget_model(model.config.budget_model, f"{config_where}: budget_model")
 
 
 def _check_version(version: object, where: str) -> None:

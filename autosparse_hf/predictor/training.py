@@ -18,6 +18,7 @@ from ..records.score_io import load_score_datasets
 from .budgets import fit_budget_model
 from .configuration import ARCHITECTURES, LOSSES, TARGETS, WITHIN_LAYER, AutoSConfig
 from .data import ScoreTable, score_table, split_rows
+from .loading import check_finite_predictor
 from .metrics import DEFAULT_DENSITIES, ranking_metrics
 from .modeling import AutoSModel
 
@@ -289,6 +290,8 @@ def train_autos(
     )
     trainer.train()
     model = trainer.model
+    # Non-finite inputs or a diverging run leave NaN/inf weights; refuse before evaluating or saving anything.
+    check_finite_predictor(model, f"the predictor trained for {args.output_dir} (nothing saved)")
     report: dict[str, Any] = {
         "eval_split": args.eval_split,
         "train_rows": int(len(train)),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,9 @@ from datasets import Dataset, DatasetInfo
 
 from ..features import InitialFeatures
 from .score_schema import SCORE_FEATURES, SCORE_SCHEMA_VERSION
+
+# The key of the schema version in the JSON description (``DatasetInfo.description``, and the Parquet metadata).
+SCHEMA_KEY = "autosparse_score_schema"
 
 
 def _repeat_strings(values: list[str], repeats: np.ndarray) -> pa.Array:
@@ -71,7 +74,7 @@ def build_score_dataset(
     }
     table = pa.table(columns).cast(SCORE_FEATURES.arrow_schema)
     description = {
-        "autosparse_score_schema": SCORE_SCHEMA_VERSION,
+        SCHEMA_KEY: SCORE_SCHEMA_VERSION,
         "identity": dict(identity),
         "irp_config": run_info["config"],
         "densities": run_info.get("densities"),
@@ -88,9 +91,127 @@ def build_score_dataset(
     return Dataset(table, info=info, fingerprint=fingerprint)
 
 
+def description_documents(description: str | None) -> list[dict[str, Any]]:
+    """Every JSON object of a score dataset's description.
+
+    ``concatenate_datasets`` joins the descriptions of several datasets with blank lines, so a merged dataset's
+    description is a sequence of JSON documents, one per source; reading stops at the first text that is not JSON.
+    """
+    text = description or ""
+    decoder = json.JSONDecoder()
+    documents: list[dict[str, Any]] = []
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            return documents
+        try:
+            document, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return documents
+        if isinstance(document, dict):
+            documents.append(document)
+
+
+def score_schema_versions(description: str | None) -> list[int | str]:
+    """The score schema version of every source a description records (empty if none records one).
+
+    A version that is not an integer is returned as it is, so that the caller can name it in an error.
+    """
+    versions: list[int | str] = []
+    for document in description_documents(description):
+        value = document.get(SCHEMA_KEY)
+        if value is None:
+            continue
+        versions.append(value if isinstance(value, int) and not isinstance(value, bool) else str(value))
+    return versions
+
+
 def score_schema_version(dataset: Dataset) -> int | None:
-    """The score schema version a dataset was written with (``None`` if it is not a score dataset)."""
-    try:
-        return int(json.loads(dataset.info.description or "{}").get("autosparse_score_schema"))
-    except (ValueError, TypeError):
+    """The score schema version a dataset was written with (``None`` if it is not a score dataset).
+
+    Raises:
+        ValueError: a merged dataset whose sources record different versions.
+    """
+    versions = set(score_schema_versions(dataset.info.description))
+    if not versions:
         return None
+    if len(versions) > 1:
+        raise ValueError(f"the dataset merges score schema versions {sorted(map(str, versions))}")
+    (version,) = versions
+    return version if isinstance(version, int) else None
+
+
+# Float columns that must be finite: a NaN feature or target silently poisons training and tickets.
+FINITE_COLUMNS: tuple[str, ...] = ("relative_depth", "input_std", "w0", "g0", "surviving_score")
+# Validation reads the table in slices this long: whole-array numpy per slice, bounded memory at 10M+ rows.
+_VALIDATION_ROWS = 1 << 20
+# A stored surviving score may differ from (cycle_pruned - 1) / cycles by float32 rounding, nothing more.
+_SCORE_TOLERANCE = 4 * float(np.finfo(np.float32).eps)
+
+
+def validate_score_table(table: pa.Table | Iterable[pa.Table | pa.RecordBatch], source: str) -> None:
+    """Check a surviving-score table row by row, vectorized (numpy on slices of up to 2**20 rows).
+
+    Checks: no missing values; finite ``relative_depth``, ``input_std``, ``w0``, ``g0``, ``surviving_score``;
+    ``cycles >= 1``; ``cycle_pruned`` in ``[1, cycles + 1]``; ``survived == (cycle_pruned == cycles + 1)``;
+    ``surviving_score == (cycle_pruned - 1) / cycles`` up to float32 rounding.
+
+    Args:
+        table: The rows, as one Arrow table or as consecutive slices (tables or record batches).
+        source: Where the rows come from, named in errors.
+
+    Raises:
+        ValueError: naming ``source``, the column, how many rows fail and the first of them.
+    """
+    slices = table.to_batches(max_chunksize=_VALIDATION_ROWS) if isinstance(table, pa.Table) else table
+    offset = 0
+    for part in slices:
+        _validate_slice(part, source, offset)
+        offset += part.num_rows
+
+
+def validate_score_dataset(dataset: Dataset, source: str) -> None:
+    """:func:`validate_score_table` on a ``datasets.Dataset`` (memory-mapped slices, row selections honoured)."""
+    validate_score_table(dataset.with_format("arrow").iter(batch_size=_VALIDATION_ROWS), source)
+
+
+def _validate_slice(part: pa.Table | pa.RecordBatch, source: str, offset: int) -> None:
+    for name in SCORE_FEATURES:
+        if part.column(name).null_count:
+            missing = np.asarray(part.column(name).is_null().to_numpy(zero_copy_only=False))
+            _check(source, name, missing, "missing value(s)", offset, lambda i: "null")
+
+    def values(name: str) -> np.ndarray:
+        return np.asarray(part.column(name).to_numpy(zero_copy_only=False))
+
+    for name in FINITE_COLUMNS:
+        column = values(name)
+        _check(source, name, ~np.isfinite(column), "non-finite value(s)", offset, lambda i, c=column: str(c[i]))
+    # int64: cycles + 1 must not wrap around in the stored int16.
+    cycles, pruned = values("cycles").astype(np.int64), values("cycle_pruned").astype(np.int64)
+    _check(source, "cycles", cycles < 1, "value(s) below 1", offset, lambda i: str(cycles[i]))
+    _check(source, "cycle_pruned", (pruned < 1) | (pruned > cycles + 1), "value(s) outside [1, cycles + 1]", offset,
+           lambda i: f"{pruned[i]} with cycles {cycles[i]}")
+    survived = values("survived").astype(bool)
+    _check(source, "survived", survived != (pruned == cycles + 1),
+           "row(s) that disagree with cycle_pruned == cycles + 1", offset,
+           lambda i: f"{survived[i]} with cycle_pruned {pruned[i]} and cycles {cycles[i]}")
+    score, expected = values("surviving_score").astype(np.float64), (pruned - 1) / cycles
+    _check(source, "surviving_score", np.abs(score - expected) > _SCORE_TOLERANCE,
+           "row(s) that disagree with (cycle_pruned - 1) / cycles", offset,
+           lambda i: f"{score[i]:.7g}, expected {expected[i]:.7g}")
+
+
+def _check(
+    source: str, name: str, bad: np.ndarray, problem: str, offset: int, describe: Callable[[int], str]
+) -> None:
+    """Raise naming the column, how many rows of the slice are ``bad`` and the first of them (``describe``d)."""
+    if not bad.any():
+        return
+    first = int(np.argmax(bad))
+    raise ValueError(
+        f"{source}: column {name!r} has {int(bad.sum())} {problem} (first at row {offset + first}: "
+        f"{describe(first)}); the score dataset is corrupt"
+    )

@@ -44,6 +44,23 @@ class IRPTicketSource:
     origin: str = ""
     _scores: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # A run folder's record reaches here without passing the score dataset's checks; a NaN |w0| would sort as
+        # the largest magnitude and a stray level would move weights between tickets, so the source checks itself.
+        where = self.origin or "the IRP ticket source"
+        if self.cycles < 1:
+            raise ValueError(f"{where}: cycles must be >= 1, got {self.cycles}")
+        for name, levels in self.cycle_pruned.items():
+            _check_levels(levels, self.cycles, f"{where}: cycle_pruned[{name!r}]")
+            w0 = self.w0.get(name)
+            if w0 is None:
+                raise ValueError(f"{where}: w0 has no tensor {name!r} (cycle_pruned has)")
+            if w0.numel() != levels.numel():
+                raise ValueError(f"{where}: w0[{name!r}] has {w0.numel()} values, cycle_pruned {levels.numel()}")
+            bad = int((~torch.isfinite(w0)).sum())
+            if bad:
+                raise ValueError(f"{where}: w0[{name!r}] has {bad} non-finite value(s); the source is corrupt")
+
     @property
     def numel(self) -> int:
         return sum(t.numel() for t in self.cycle_pruned.values())
@@ -112,6 +129,17 @@ class IRPTicketSource:
         self.check_density(density)
         masks = select_masks(self.scores(), 1.0 - density)
         return {n: int(m.sum()) for n, m in masks.items()}
+
+
+def _check_levels(levels: torch.Tensor, cycles: int, where: str) -> None:
+    if levels.dtype.is_floating_point or levels.dtype == torch.bool:
+        raise ValueError(f"{where} has dtype {levels.dtype}; survival levels are integers")
+    bad = (levels < 1) | (levels > cycles + 1)
+    if bool(bad.any()):
+        first = int(levels.reshape(-1)[bad.reshape(-1)][0])
+        raise ValueError(
+            f"{where} has {int(bad.sum())} level(s) outside [1, {cycles + 1}] (e.g. {first}); the source is corrupt"
+        )
 
 
 def ticket_source_from_dataset(dataset: Any, origin: str = "") -> IRPTicketSource:
