@@ -18,6 +18,7 @@ from .allocation import Allocation, allocation_class, get_allocation
 from .allocation.base import option_names
 from .criteria import Criterion, compute_scores, criterion_class, get_criterion
 from .families import get_prunable_parameters
+from .guards import warn_collapsed, warn_if_not_at_initialization
 from .masks import MaskSet, broadcast_masks, check_sparsity, select_masks
 from .predictor.loading import load_predictor
 
@@ -265,6 +266,7 @@ def prune_with_config(
     crit = config.build_criterion()
     allocation = config.build_allocation(crit)
     params = get_prunable_parameters(model, config.include, config.exclude)
+    warn_if_not_at_initialization(params, type(model).__name__, f"prune_at_init({crit.name!r})")
     budgets = allocation.allocate(params, config.sparsity, type(model).__name__)
     scores = compute_scores(
         model,
@@ -295,5 +297,5 @@ def prune_with_config(
     )
     masks = MaskSet(broadcast_masks(masks), masks.metadata)
     masks.apply(model)
+    warn_collapsed(masks, config.min_density)
     return masks
-

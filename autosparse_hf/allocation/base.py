@@ -80,8 +80,8 @@ def allocation_class(name: str) -> type[Allocation]:
     name = _ALIASES.get(name, name)
     if name not in _ALLOCATIONS:
         close = difflib.get_close_matches(str(name), list_budgets(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "."
-        raise ValueError(f"unknown layer budgets {name!r}{hint} Known: {', '.join(list_budgets())}")
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown layer budgets {name!r}{hint}; known: {', '.join(list_budgets())}")
     return _ALLOCATIONS[name]
 
 

@@ -121,7 +121,8 @@ class PaICallback(MaskEnforcingCallback):
 
     def on_log(self, args, state, control, logs: dict[str, float] | None = None, **kwargs) -> None:  # noqa: ANN001
         if logs is not None and self.masks is not None:
-            value = round(self.masks.sparsity, 6)
+            # Counted in the model, not read from the mask: what is logged is what the network really is.
+            value = round(_zero_share(kwargs.get("model"), self.masks), 6)
             # Trainer.log appends a copy of ``logs`` to ``state.log_history`` before ``on_log``; the copy needs it too.
             entry = state.log_history[-1] if state.log_history else {}
             extra = {"sparsity": value}
@@ -135,6 +136,15 @@ class PaICallback(MaskEnforcingCallback):
         if self.masks is not None and state.is_world_process_zero:
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", CHECKPOINT_MASK_DIR)
             self.masks.save_pretrained(folder)
+
+
+def _zero_share(model: nn.Module | None, masks: MaskSet) -> float:
+    """Share of exact zeros in the masked tensors of ``model`` (the mask's own sparsity without a model)."""
+    if model is None:
+        return masks.sparsity
+    params = dict(model.named_parameters())
+    zeros = sum(int((params[name].detach() == 0).sum()) for name in masks if name in params)
+    return zeros / masks.numel if masks.numel else 0.0
 
 
 def masks_complete(checkpoint: Path) -> bool:

@@ -106,8 +106,8 @@ def criterion_class(name: str) -> type[Criterion]:
     """The registered class of ``name``; unknown names raise ``ValueError`` listing the known ones."""
     if name not in _CRITERIA:
         close = difflib.get_close_matches(str(name), list_criteria(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "."
-        raise ValueError(f"unknown criterion {name!r}{hint} Known criteria: {', '.join(list_criteria())}")
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown criterion {name!r}{hint}; known criteria: {', '.join(list_criteria())}")
     return _CRITERIA[name]
 
 

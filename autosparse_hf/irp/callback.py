@@ -26,6 +26,7 @@ from ..checkpoints import last_complete_checkpoint, resumed_checkpoint
 from ..criteria import compute_scores
 from ..families import PrunableParameter, get_prunable_parameters
 from ..features import InitialFeatures, compute_initial_features
+from ..guards import warn_if_not_at_initialization
 from ..masks import MaskSet, broadcast_masks, select_masks, zero_pruned_weights
 from ..records import RUN_DIR, RUN_FILE, IRPRecord, read_run_info
 from ..state import restore_state, snapshot_state
@@ -212,6 +213,7 @@ class IRPCallback(MaskEnforcingCallback):
         else:
             if self.identity["run_id"] is None:
                 self.identity["run_id"] = uuid.uuid4().hex[:12]
+            warn_if_not_at_initialization(self.params, type(model).__name__, "IRPCallback")
             self.init_snapshot = snapshot_state(model)
             features = compute_initial_features(
                 model, kwargs.get("train_dataloader"), self.config.feature_num_batches, params=self.params

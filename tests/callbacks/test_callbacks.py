@@ -126,3 +126,18 @@ def test_bad_sparsity_is_rejected_when_the_callback_is_made(sparsity):
     with pytest.raises(ValueError, match="sparsity") as info:
         PaICallback(criterion="magnitude", sparsity=sparsity)
     assert repr(sparsity) in str(info.value)
+
+
+def test_logged_sparsity_counts_the_zeros_in_the_model(tmp_path):
+    # fc2's weight is zero and frozen: the random mask keeps some of its zeros, so the network is sparser than the
+    # mask says, and the log must say what the network is.
+    model = build_model()
+    with torch.no_grad():
+        model.fc2.weight.zero_()
+    model.fc2.weight.requires_grad_(False)
+    callback = PaICallback(criterion="random", sparsity=0.5)
+    trainer, _ = make_trainer(model, callback, tmp_path, max_steps=5)
+    trainer.train()
+    zeros = sum(int((p.detach() == 0).sum()) for n, p in model.named_parameters() if n in callback.masks)
+    logged = trainer.state.log_history[-1]["sparsity"]
+    assert logged == pytest.approx(zeros / callback.masks.numel, abs=1e-6) and logged > callback.masks.sparsity
