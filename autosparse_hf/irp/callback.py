@@ -226,6 +226,7 @@ class IRPCallback(MaskEnforcingCallback):
             )
             self.record = IRPRecord(self.config.to_dict(), self.identity, counts, features, cycle_pruned)
             self.cycle = 1
+        self.record.training = training_recipe(args, self.cycle_ends)
         install_cyclic_schedule(
             args, kwargs["optimizer"], kwargs["lr_scheduler"], self.cycle_ends, self.config.rewind_step
         )
@@ -364,3 +365,20 @@ def _num_examples(loader: Any) -> int | None:
         return len(dataset) if dataset is not None else None
     except TypeError:
         return None
+
+
+def training_recipe(args: TrainingArguments, ends: list[int]) -> dict[str, Any]:
+    """The training recipe of every cycle, as recorded in the run and its dataset card."""
+    return {
+        "optimizer": str(args.optim),
+        "optimizer_args": args.optim_args,
+        "learning_rate": args.learning_rate,
+        "lr_scheduler_type": str(args.lr_scheduler_type),
+        "weight_decay": args.weight_decay,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "world_size": args.world_size,
+        "steps_per_cycle": ends[0] if ends else None,
+        "epochs_per_cycle": float(args.num_train_epochs) / max(len(ends), 1) if args.max_steps <= 0 else None,
+        "seed": args.seed,
+    }

@@ -16,6 +16,7 @@ from transformers import Trainer, TrainingArguments
 from ..features import feature_names, with_density
 from ..records.score_io import load_score_datasets
 from .budgets import fit_budget_model
+from .card import predictor_card
 from .configuration import ARCHITECTURES, LOSSES, TARGETS, WITHIN_LAYER, AutoSConfig
 from .data import ScoreTable, score_table, split_rows
 from .loading import check_finite_predictor
@@ -310,6 +311,7 @@ def train_autos(
         out = Path(args.output_dir)
         model.save_pretrained(out)
         (out / "metrics.json").write_text(json.dumps(report, indent=2))
+        (out / "README.md").write_text(predictor_card(model.config, report))
         _plot_loss(report["loss_history"], out / "loss_curve.png")
     return model, report
 

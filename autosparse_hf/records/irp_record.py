@@ -88,6 +88,7 @@ class IRPRecord:
         cycle_pruned: Per tensor, the cycle after which each weight was pruned (``cycles + 1`` = survived).
         history: One dict per trained ticket: ``cycle``, ``density``, ``sparsity``, ``step`` and eval metrics.
         finished: Whether every cycle ran.
+        training: The training recipe of every cycle (learning rate, epochs, batch size, world size, ...).
         timings: ``wall_seconds`` and ``callback_overhead_seconds`` of the run, when known.
         origin: Where the record was loaded from.
     """
@@ -100,6 +101,7 @@ class IRPRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
     timings: dict[str, float | None] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
     origin: str = ""
 
     # ------------------------------------------------------------------------------------------------ derived
@@ -152,6 +154,7 @@ class IRPRecord:
             "layers": [layer.to_dict() for layer in self.features.layers],
             "feature_num_batches": self.features.num_batches,
             "finished": self.finished,
+            "training": self.training,
         }
         info.update(self.timings)
         return info
@@ -230,6 +233,7 @@ class IRPRecord:
             history=list(info["history"]),
             finished=bool(info.get("finished", True)),
             timings=timings,
+            training=dict(info.get("training") or {}),
             origin=str(folder),
         )
 

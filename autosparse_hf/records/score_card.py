@@ -29,6 +29,8 @@ def score_dataset_card(info: dict[str, Any], num_rows: int) -> str:
         "autosparse_score_schema": SCORE_SCHEMA_VERSION,
     }
     config_rows = "\n".join(f"| {k} | {v} |" for k, v in info.get("config", {}).items())
+    training = info.get("training") or {}
+    training_rows = "\n".join(f"| {k} | {v} |" for k, v in training.items()) or "| (not recorded) | |"
     return f"""---
 {yaml.safe_dump(header, sort_keys=False).strip()}
 ---
@@ -50,7 +52,23 @@ The IRP mask after cycle `c` is `cycle_pruned > c`.
 |---|---|
 {config_rows}
 
+## Training recipe of every cycle
+
+| setting | value |
+|---|---|
+{training_rows}
+
 ## Tickets per cycle (evaluated before each rewind)
 
 {cycle_table_markdown(info.get('history', []))}
+
+## Use it
+
+```python
+from autosparse_hf import load_score_dataset
+from autosparse_hf.predictor.training import AutoSTrainingArguments, train_autos
+
+scores = load_score_dataset("<this folder, its scores.parquet, or the Hub id>")   # checked on load
+predictor, report = train_autos(AutoSTrainingArguments(output_dir="autos"), dataset=scores)
+```
 """

@@ -458,8 +458,12 @@ def test_train_autos_learns_the_surviving_score(score_folders, tmp_path):
         "model.safetensors",
         "metrics.json",
         "loss_curve.png",
+        "README.md",
     }
     assert not list(tmp_path.glob("*.bin"))
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: autosparse_hf") and "run-seed0" in card and "AutoSCallback(" in card
+    assert f"{metrics['autos_spearman']:.4f}" in card
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["metrics"]["autos_spearman"] == pytest.approx(metrics["autos_spearman"])
     assert saved["loss_history"] and saved["loss_history"][-1]["loss"] < saved["loss_history"][0]["loss"]

@@ -175,6 +175,9 @@ def test_dataset_card(runs) -> None:  # noqa: ANN001
         assert float(values["accuracy"]) == pytest.approx(row["eval_accuracy"], abs=1e-4)
     md = (runs[0]["run"] / "cycles.md").read_text()
     assert md.splitlines()[0].startswith("| cycle | density | sparsity |")
+    # The training recipe of the cycles and a loading snippet are part of the card.
+    assert "| learning_rate |" in text and "| world_size | 1 |" in text and "| per_device_train_batch_size |" in text
+    assert "load_score_dataset(" in text
 
 
 def test_two_runs_load_and_concatenate(runs) -> None:  # noqa: ANN001
