@@ -107,6 +107,35 @@ def time_scoring(
     return runs
 
 
+def time_synflow_passes(model: torch.nn.Module, batches: list, rounds: int) -> float:
+    """Seconds of ``rounds`` SynFlow forward/backward passes alone, on a copy of ``model``: what SynFlow cannot avoid.
+
+    The same passes as ``SynFlowCriterion`` (its input from the family adapter, eval mode, absolute weights, only the
+    prunable parameters requiring gradients), without scoring, selection or bookkeeping.
+    """
+    import copy
+
+    from autosparse_hf import get_prunable_parameters
+    from autosparse_hf.families import get_family
+
+    model = copy.deepcopy(model)
+    family, params = get_family(model), get_prunable_parameters(model)
+    inputs = family.synflow_inputs(model, batches[0])
+    model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+            p.requires_grad_(False)
+    for p in params.values():
+        p.param.requires_grad_(True)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for p in params.values():
+            p.param.grad = None
+        family.synflow_output(model, inputs).sum().backward()
+    return time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     common.apply_threads(args.threads)
@@ -157,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     one_run = argparse.Namespace(**{**vars(args), "warmup": 0, "repeats": 1})
     synflow_runs = time_scoring(model, batches, get_criterion("synflow"), one_run, split=False, numel=numel)
     synflow_seconds = synflow_runs[0]["seconds"]
+    synflow_rounds = get_criterion("synflow").rounds
+    synflow_passes_seconds = time_synflow_passes(model, batches, synflow_rounds)
 
     # --- the paper's predictor on a sample of rows, same process, same load
     torch.manual_seed(args.seed)
@@ -190,6 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
             "within_layer": "synflow",
             "seconds": synflow_seconds,
             "weights_per_s": numel / synflow_seconds,
+            "rounds": synflow_rounds,
+            # The issue-14 yardstick: SynFlow scoring against its forward/backward passes alone (target <= 1.5).
+            "passes_only_seconds": synflow_passes_seconds,
+            "ratio_to_passes_only": synflow_seconds / synflow_passes_seconds,
         },
         "autos_default": {
             "within_layer": "snip",
@@ -232,6 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
          default_seconds],
         ["AutoS default, learned budgets + SynFlow inside (100 rounds, 1 run)", numel, synflow_seconds,
          numel / synflow_seconds, synflow_seconds],
+        [f"  its {synflow_rounds} forward/backward passes alone (ratio {synflow_seconds / synflow_passes_seconds:.2f})",
+         numel, synflow_passes_seconds, "", synflow_passes_seconds],
         ["paper_resnet18, prediction only", len(sample), paper_seconds, paper_rate, numel / paper_rate],
         ["ratio AutoS mlp / paper_resnet18", "", "", results["ratio_autos_over_paper"], ""],
         ["target", numel, numel / args.target_weights_per_s, args.target_weights_per_s, numel / args.target_weights_per_s],

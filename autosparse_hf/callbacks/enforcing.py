@@ -30,7 +30,9 @@ class MaskEnforcingCallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
         if self.enforcer is not None:
-            self.enforcer.zero_weights()
+            # With the optimizer the enforcer can prove the multiply changes nothing (SGD, Adam, AdamW with zero
+            # state at pruned positions and masked gradients) and skip it; any other optimizer gets the multiply.
+            self.enforcer.zero_weights(kwargs.get("optimizer"))
 
     def on_train_end(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
         if self.enforcer is not None:

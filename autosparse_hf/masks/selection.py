@@ -1,9 +1,8 @@
 """From scores to masks: global top-k, layer-wise uniform and ERK budgets, with exact counts.
 
-One mechanism serves every scope: each weight gets a sort key, and the ``k`` weights with the smallest keys are
-kept (stable sort, so ties go to the weight that comes first in parameter order, then position). Because the kept
-set for ``k`` is always contained in the kept set for ``k + 1``, selection is monotone in the sparsity for every
-scope.
+Every scope is defined by one rule: each weight gets a sort key, and the ``k`` weights with the smallest keys are
+kept, ties going to the weight that comes first in parameter order, then position. Because the kept set for ``k`` is
+always contained in the kept set for ``k + 1``, selection is monotone in the sparsity for every scope.
 
 - ``global`` (AutoSparse, arXiv 2408.14757, and SNIP/GraSP/SynFlow): key = -score, one threshold for all tensors.
 - ``uniform``: every tensor keeps the same fraction. Within a tensor, the weight of rank ``r`` (0 = best) gets key
@@ -17,22 +16,34 @@ scope.
 
 ``min_density`` keeps at least ``ceil(min_density * n)`` weights of every tensor (against layer collapse) and an
 ``existing`` mask is never revived: its pruned weights get key +inf and ``k`` may not exceed its kept count.
+
+The rule is implemented without sorting (linear time): every scope reduces to "keep the ``c`` best of a vector, ties
+to the lowest index" (:func:`top_count`), found from the ``c``-th largest value (a k-th value search on a sampled
+bracket) and the position order of the ties at that value. ``uniform`` and ``erk`` keys depend only on ranks inside
+a tensor, so their per-tensor counts come from the shapes and alive counts alone (:func:`_divisor_counts`, exactly
+the float64 keys above), and then each tensor keeps its ``count`` best. The masks are the same, bit for bit, as
+those of a stable sort of the keys (``tests/masks/test_selection_fast.py`` checks it against that implementation).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import struct
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
 
 from .maskset import MaskSet
+from .topk import _SELECTION_DEVICE_TYPES, _top_count_among, top_count
 
 Scope = Literal["global", "uniform", "erk", "counts"]
 SCOPES: tuple[str, ...] = ("global", "uniform", "erk", "counts")
 # Scopes that need nothing but the scores (IRP prunes with these).
 SCORE_SCOPES: tuple[str, ...] = ("global", "uniform", "erk")
+
+# Ranks inside one tensor stay below this so that the float64 keys (r + 0.5) / w strictly increase with r.
+_MAX_TENSOR_SIZE = 1 << 50
 
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
@@ -62,6 +73,139 @@ def _layer_weight(shape: torch.Size, scope: str) -> float:
     return float(sum(shape)) if len(shape) > 1 else float(numel)  # erk
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Per-tensor counts of the divisor scopes (uniform, erk), without looking at the scores.
+
+
+def _float_bits(x: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", x))[0]
+
+
+def _bits_float(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", bits))[0]
+
+
+def _ranks_at_most(x: float, weight: float, low: int, high: int) -> int:
+    """How many ranks ``r`` in ``[low, high)`` have the float64 key ``(r + 0.5) / weight <= x`` (keys increase)."""
+    if high <= low:
+        return 0
+    r = min(max(int(math.floor(x * weight - 0.5)), low - 1), high - 1)  # a guess, off by at most one
+    while r >= low and (r + 0.5) / weight > x:
+        r -= 1
+    while r + 1 < high and (r + 1.5) / weight <= x:
+        r += 1
+    return r + 1 - low
+
+
+def _divisor_counts(weights: Sequence[float], reserved: Sequence[int], alive: Sequence[int], extra: int) -> list[int]:
+    """Per-tensor kept counts of the divisor keys: ``reserved[t]`` each, plus the ``extra`` smallest keys.
+
+    Tensor ``t`` offers the keys ``(r + 0.5) / weights[t]`` for ranks ``r`` in ``[reserved[t], alive[t])`` (its best
+    weights after the reserved ones). The ``extra``-th smallest of all those keys, ``T``, is found by bisection on
+    the bit pattern of positive doubles (which orders them); every key below ``T`` is kept, and the keys equal to
+    ``T`` go to the earliest tensors, as a stable sort of the flat keys would do (inside a tensor the keys strictly
+    increase, so the tie order between tensors is the parameter order).
+    """
+    counts = list(reserved)
+    offered = [(w, lo, hi) for w, lo, hi in zip(weights, reserved, alive, strict=True) if hi > lo]
+    if extra <= 0 or not offered:
+        return counts
+
+    def at_most(x: float) -> int:
+        return sum(_ranks_at_most(x, w, lo, hi) for w, lo, hi in offered)
+
+    low = _float_bits(min((lo + 0.5) / w for w, lo, _ in offered)) - 1  # at_most(low) == 0 < extra
+    high = _float_bits(max((hi - 0.5) / w for w, _, hi in offered))  # at_most(high) == all offered >= extra
+    while high - low > 1:
+        mid = (low + high) // 2
+        if at_most(_bits_float(mid)) >= extra:
+            high = mid
+        else:
+            low = mid
+    threshold, below = _bits_float(high), _bits_float(high - 1)
+    remaining = extra - at_most(below)
+    for t, (w, lo, hi) in enumerate(zip(weights, reserved, alive, strict=True)):
+        less = _ranks_at_most(below, w, lo, hi)
+        equal = _ranks_at_most(threshold, w, lo, hi) - less
+        taken = min(equal, remaining)
+        remaining -= taken
+        counts[t] += less + taken
+    return counts
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# select_masks
+
+
+def _key_dtype(scores: Mapping[str, torch.Tensor]) -> torch.dtype:
+    """The dtype the scores are compared in: their own when they share float32 or float64, else float64.
+
+    Converting to float64 is exact and keeps the order, so comparing float32 scores as float32 keeps the masks of the
+    float64 keys and moves half the bytes.
+    """
+    dtypes = {s.dtype for s in scores.values()}
+    if len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}:
+        return dtypes.pop()
+    return torch.float64
+
+
+def _selection_device(scores: Mapping[str, torch.Tensor]) -> torch.device:
+    """Select where the scores are when that is one CUDA device (no copy to the host); else on the CPU."""
+    devices = {s.device for s in scores.values()}
+    if len(devices) == 1 and next(iter(devices)).type in _SELECTION_DEVICE_TYPES:
+        return devices.pop()
+    return torch.device("cpu")
+
+
+def _validate_counts(
+    names: Sequence[str], layer_counts: Mapping[str, int] | None, k: int, sparsity: float, min_density: float
+) -> None:
+    if min_density:
+        raise ValueError('min_density does not apply to scope="counts": the layer counts are given')
+    if layer_counts is None:
+        raise ValueError('scope="counts" needs layer_counts (per-tensor kept counts, e.g. from an IRP ticket)')
+    missing = [n for n in names if n not in layer_counts]
+    if missing:
+        raise ValueError(f"layer_counts lacks tensors {missing}")
+    if sum(int(layer_counts[n]) for n in names) != k:
+        raise ValueError(
+            f"layer_counts keep {sum(int(layer_counts[n]) for n in names)} weights but sparsity {sparsity} keeps {k}"
+        )
+
+
+def _global_keep(
+    flats: Sequence[torch.Tensor],
+    alive: Sequence[torch.Tensor | None],
+    reserved: Sequence[int],
+    k: int,
+) -> list[torch.Tensor]:
+    """The global scope: each tensor's ``reserved`` best, then the best of all the rest, ties in flat order."""
+    keeps: list[torch.Tensor] = []
+    candidates: list[torch.Tensor | None] = []
+    for flat, alive_t, n_reserved in zip(flats, alive, reserved, strict=True):
+        keep = _top_count_among(flat, alive_t, n_reserved)
+        keeps.append(keep)
+        if n_reserved:
+            candidates.append(alive_t & ~keep if alive_t is not None else ~keep)
+        else:
+            candidates.append(alive_t)
+    extra = k - sum(reserved)
+    if extra <= 0:
+        return keeps
+    sizes = [f.numel() for f in flats]
+    if all(c is None for c in candidates):
+        chosen = top_count(torch.cat(list(flats)), extra)
+    else:
+        candidate_mask = torch.cat(
+            [
+                c if c is not None else torch.ones_like(f, dtype=torch.bool)
+                for c, f in zip(candidates, flats, strict=True)
+            ]
+        )
+        chosen = _top_count_among(torch.cat(list(flats)), candidate_mask, extra)
+    return [keep | part for keep, part in zip(keeps, torch.split(chosen, sizes), strict=True)]
+
+
 def select_masks(
     scores: Mapping[str, torch.Tensor],
     sparsity: float,
@@ -87,6 +231,13 @@ def select_masks(
     Raises:
         ValueError: on a sparsity outside [0, 1), an unknown scope, NaN/inf scores (naming the parameter), a
             target that would need reviving weights, or a ``min_density`` the target cannot honour.
+
+    Example:
+        ```python
+        >>> masks = select_masks({"fc.weight": torch.rand(10, 20)}, 0.9, scope="uniform")
+        >>> masks.num_kept
+        20
+        ```
     """
     sparsity = check_sparsity(sparsity)
     if scope not in SCOPES:
@@ -104,69 +255,52 @@ def select_masks(
     total = sum(scores[n].numel() for n in names)
     k = num_to_keep(total, sparsity)
     if scope == "counts":
-        if min_density:
-            raise ValueError('min_density does not apply to scope="counts": the layer counts are given')
-        if layer_counts is None:
-            raise ValueError('scope="counts" needs layer_counts (per-tensor kept counts, e.g. from an IRP ticket)')
-        missing = [n for n in names if n not in layer_counts]
-        if missing:
-            raise ValueError(f"layer_counts lacks tensors {missing}")
-        if sum(int(layer_counts[n]) for n in names) != k:
-            raise ValueError(
-                f"layer_counts keep {sum(int(layer_counts[n]) for n in names)} weights but sparsity {sparsity} keeps {k}"
-            )
+        _validate_counts(names, layer_counts, k, sparsity, min_density)
 
-    keys: list[torch.Tensor] = []
-    alive_total = 0
-    reserved_total = 0
+    device, dtype = _selection_device(scores), _key_dtype(scores)
+    flats: list[torch.Tensor] = []
+    alive: list[torch.Tensor | None] = []  # None: every weight of the tensor is alive
+    n_alive: list[int] = []
+    reserved: list[int] = []
     for name in names:
-        flat = scores[name].detach().reshape(-1).to(torch.float64).cpu()
-        alive = (
-            existing[name].reshape(-1).bool().cpu()
-            if existing is not None
-            else torch.ones_like(flat, dtype=torch.bool)
-        )
-        n_alive = int(alive.sum())
-        alive_total += n_alive
-        # Rank within the tensor, best first; dead weights sort last. Stable sort: ties keep position order.
-        ranked = torch.where(alive, flat, torch.tensor(-math.inf, dtype=torch.float64))
-        order = torch.sort(ranked, descending=True, stable=True).indices
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(order.numel())
-        if scope == "global":
-            key = -flat
-        elif scope == "counts":
-            count = int(layer_counts[name])  # type: ignore[index]
-            if count > n_alive:
-                raise ValueError(f"layer_counts asks {count} weights of {name!r}, which has only {n_alive} unpruned")
-            key = torch.where(rank < count, rank.to(torch.float64), torch.tensor(math.inf, dtype=torch.float64))
-        else:
-            key = (rank.to(torch.float64) + 0.5) / _layer_weight(scores[name].shape, scope)
-        n_reserved = min(math.ceil(min_density * flat.numel()), n_alive)
-        reserved_total += n_reserved
-        key = torch.where(rank < n_reserved, torch.tensor(-math.inf, dtype=torch.float64), key)
-        key = torch.where(alive, key, torch.tensor(math.inf, dtype=torch.float64))
-        keys.append(key)
-    if k > alive_total:
+        flat = scores[name].detach().reshape(-1).to(device=device, dtype=dtype)
+        if flat.numel() >= _MAX_TENSOR_SIZE:
+            raise ValueError(f"parameter {name!r} has {flat.numel()} weights, more than selection supports")
+        alive_t = existing[name].reshape(-1).to(device=device).bool() if existing is not None else None
+        count_alive = int(torch.count_nonzero(alive_t)) if alive_t is not None else flat.numel()
+        if alive_t is not None and count_alive == flat.numel():
+            alive_t = None
+        if scope == "counts" and int(layer_counts[name]) > count_alive:  # type: ignore[index]
+            raise ValueError(
+                f"layer_counts asks {int(layer_counts[name])} weights of {name!r}, which has only {count_alive} "  # type: ignore[index]
+                "unpruned"
+            )
+        flats.append(flat)
+        alive.append(alive_t)
+        n_alive.append(count_alive)
+        reserved.append(min(math.ceil(min_density * flat.numel()), count_alive))
+    if k > sum(n_alive):
         raise ValueError(
-            f"sparsity {sparsity} keeps {k} weights but the existing mask keeps only {alive_total}; "
+            f"sparsity {sparsity} keeps {k} weights but the existing mask keeps only {sum(n_alive)}; "
             "selection never revives a pruned weight"
         )
-    if reserved_total > k:
+    if sum(reserved) > k:
         raise ValueError(
-            f"min_density={min_density} reserves {reserved_total} weights, more than the {k} kept at "
-            f"sparsity {sparsity}"
+            f"min_density={min_density} reserves {sum(reserved)} weights, more than the {k} kept at sparsity {sparsity}"
         )
-    all_keys = torch.cat(keys)
-    chosen = torch.sort(all_keys, stable=True).indices[:k]
-    keep = torch.zeros(total, dtype=torch.bool)
-    keep[chosen] = True
-    masks: dict[str, torch.Tensor] = {}
-    offset = 0
-    for name in names:
-        n = scores[name].numel()
-        masks[name] = keep[offset : offset + n].reshape(scores[name].shape).to(scores[name].device)
-        offset += n
+
+    if scope == "global":
+        keeps = _global_keep(flats, alive, reserved, k)
+    else:
+        if scope == "counts":
+            counts = [int(layer_counts[n]) for n in names]  # type: ignore[index]
+        else:
+            weights = [_layer_weight(scores[n].shape, scope) for n in names]
+            counts = _divisor_counts(weights, reserved, n_alive, k - sum(reserved))
+        keeps = [_top_count_among(f, a, c) for f, a, c in zip(flats, alive, counts, strict=True)]
+    masks = {
+        name: keep.reshape(scores[name].shape).to(scores[name].device) for name, keep in zip(names, keeps, strict=True)
+    }
     info = {"sparsity": sparsity, "scope": scope, "min_density": min_density}
     info.update(metadata or {})
     return MaskSet(masks, info)
