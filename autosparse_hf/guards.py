@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 
 # A tensor keeping less than this fraction is reported with the collapse warning (an emptied one always is).
 COLLAPSE_DENSITY = 0.001
+# More than this share of all scores equal to the score at the threshold is reported (the tie-break then decides).
+TIE_SHARE_WARNING = 0.01
 # A model whose prunable weights hold more exact zeros than this share is probably not at initialization.
 ZERO_SHARE_WARNING = 0.01
 
@@ -51,5 +53,25 @@ def warn_if_not_at_initialization(params: Mapping[str, Any], model_class: str = 
             "%s%s%.1f%% of the prunable weights of %s are exactly zero: is it already pruned? Pruning at "
             "initialization and IRP expect a freshly initialized model",
             who, ": " if who else "", 100 * share, model_class,
+        )
+    return share
+
+
+def warn_ties(scores: Mapping[str, Any], masks: MaskSet) -> float:
+    """Warn when many scores equal the lowest kept score while some of those weights were pruned: the tie-break
+    (``|w0|``), not the criterion, chose between them. Returns the tied share of all scores."""
+    kept = [s[masks[n].to(s.device)] for n, s in scores.items() if bool(masks[n].any())]
+    if not kept:
+        return 0.0
+    threshold = min(float(k.min()) for k in kept)
+    tied = sum(int((s == threshold).sum()) for s in scores.values())
+    tied_kept = sum(int((s[masks[n].to(s.device)] == threshold).sum()) for n, s in scores.items())
+    total = sum(s.numel() for s in scores.values())
+    share = tied / total if total else 0.0
+    if share > TIE_SHARE_WARNING and tied_kept < tied:
+        logger.warning(
+            "%s: %.1f%% of the scores equal the threshold score %.3g; the criterion cannot tell them apart, so the "
+            "initial magnitude |w0| chose which to keep",
+            masks.metadata.get("criterion", "pruning"), 100 * share, threshold,
         )
     return share

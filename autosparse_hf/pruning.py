@@ -18,7 +18,7 @@ from .allocation import Allocation, allocation_class, get_allocation
 from .allocation.base import option_names
 from .criteria import Criterion, compute_scores, criterion_class, get_criterion
 from .families import get_prunable_parameters
-from .guards import warn_collapsed, warn_if_not_at_initialization
+from .guards import warn_collapsed, warn_if_not_at_initialization, warn_ties
 from .masks import MaskSet, broadcast_masks, check_sparsity, select_masks
 from .predictor.loading import load_predictor
 
@@ -283,6 +283,9 @@ def prune_with_config(
         scope=budgets.rule,
         min_density=config.min_density,
         layer_counts=budgets.counts,
+        # Equal scores are decided by the initial magnitude, not by parameter order (which would pick whole layers
+        # when many scores tie, e.g. at zero).
+        tie_break={n: p.param.detach().abs() for n, p in params.items()},
         metadata={
             "budgets": allocation.name,
             **dict(budgets.metadata),
@@ -296,6 +299,7 @@ def prune_with_config(
         },
     )
     masks = MaskSet(broadcast_masks(masks), masks.metadata)
+    warn_ties(scores, masks)
     masks.apply(model)
     warn_collapsed(masks, config.min_density)
     return masks

@@ -85,3 +85,45 @@ def float32_scoring(model: nn.Module) -> Iterator[None]:
             tensor.data = tensor.data.to(dtype)
             if isinstance(tensor, nn.Parameter) and tensor.grad is not None:
                 tensor.grad = tensor.grad.to(dtype)
+
+
+def zero_initialized_norm_scales(model: nn.Module) -> list[nn.Parameter]:
+    """The scale (``weight``) parameters of normalization layers that are entirely zero.
+
+    timm zero-initializes the last normalization scale of every residual block (``zero_init_last``) so that a block
+    starts as the identity; transformers models do not. With such a scale every connection of the block is invisible
+    to a criterion at initialization (its gradient, and SynFlow's signal, are exactly zero there).
+    """
+    found = []
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (
+            "norm" in type(module).__name__.lower()
+            and isinstance(weight, nn.Parameter)
+            and weight.dim() == 1
+            and weight.numel() > 0
+            and not bool(weight.detach().any())
+        ):
+            found.append(weight)
+    return found
+
+
+@contextmanager
+def revived_zero_norm_scales(model: nn.Module, value: float = 1.0) -> Iterator[int]:
+    """Score as if zero-initialized normalization scales were ``value`` (restored on exit); yields how many.
+
+    A zero scale is a training device (each residual block starts as the identity), not a statement that the block's
+    connections do not matter; scoring with it would leave every weight of those blocks tied at zero and let the
+    tie order decide which layers survive. Use inside ``preserved_model_state``.
+    """
+    scales = zero_initialized_norm_scales(model)
+    saved = [s.detach().clone() for s in scales]
+    with torch.no_grad():
+        for scale in scales:
+            scale.fill_(value)
+    try:
+        yield len(scales)
+    finally:
+        with torch.no_grad():
+            for scale, old in zip(scales, saved, strict=True):
+                scale.copy_(old)

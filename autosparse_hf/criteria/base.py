@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -18,8 +19,9 @@ from torch import nn
 
 from ..families import ModelFamily, PrunableParameter, get_family, get_prunable_parameters
 from ..masks import check_scores
-from ..state import float32_scoring, preserved_model_state
+from ..state import float32_scoring, preserved_model_state, revived_zero_norm_scales
 
+logger = logging.getLogger(__name__)
 
 @dataclass
 class ScoringContext:
@@ -145,8 +147,11 @@ def compute_scores(
         existing=existing,
         budgets=budgets,
     )
-    # Half-precision models are scored in float32 (then cast back): same scores as their float32 copy.
-    with preserved_model_state(model), float32_scoring(model):
+    # Half-precision models are scored in float32 (then cast back): same scores as their float32 copy. Zero-initialized
+    # normalization scales (timm's residual blocks) are scored as ones, or their blocks' weights would all tie at 0.
+    with preserved_model_state(model), float32_scoring(model), revived_zero_norm_scales(model) as revived:
+        if revived:
+            logger.info("scoring %s with %d zero-initialized normalization scales set to 1", crit.name, revived)
         scores = crit.score(context)
     # float64 stays float64: iterative criteria (SynFlow, ticket) encode an order finer than float32 resolves.
     scores = {n: scores[n].detach() for n in params}

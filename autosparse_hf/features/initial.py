@@ -17,7 +17,7 @@ from torch import nn
 
 from ..families import PrunableParameter, get_family, get_prunable_parameters
 from ..gradients import average_gradients, take_batches
-from ..state import preserved_model_state
+from ..state import preserved_model_state, revived_zero_norm_scales
 from .context import LayerContext, layer_contexts, unit_indices
 
 # Version of what the features mean (the raw record and the columns computed from it). A predictor records the
@@ -174,7 +174,13 @@ def compute_initial_features(
             ``compute_scores``' ``preserved_model_state``), one model's size less.
     """
     params = params if params is not None else get_prunable_parameters(model, include, exclude)
-    with preserved_model_state(model) if preserve_state else contextlib.nullcontext():
+    # The same scoring view as the criteria (compute_scores): zero-initialized normalization scales count as ones, so
+    # the gradient features of a timm residual block are not all zero. With preserve_state=False the caller (a
+    # criterion inside compute_scores) already applies it.
+    with (
+        preserved_model_state(model) if preserve_state else contextlib.nullcontext(),
+        revived_zero_norm_scales(model) if preserve_state else contextlib.nullcontext(),
+    ):
         # Drawing batches inside: a shuffling DataLoader consumes the global RNG, which must be left as found.
         batches = take_batches(dataloader, num_batches, "the initial-gradient feature")
         statistics = _InputStatistics(model, params)

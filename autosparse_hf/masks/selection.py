@@ -178,12 +178,14 @@ def _global_keep(
     alive: Sequence[torch.Tensor | None],
     reserved: Sequence[int],
     k: int,
+    breaks: Sequence[torch.Tensor | None],
 ) -> list[torch.Tensor]:
-    """The global scope: each tensor's ``reserved`` best, then the best of all the rest, ties in flat order."""
+    """The global scope: each tensor's ``reserved`` best, then the best of all the rest, ties by ``breaks`` (when
+    given), then in flat order."""
     keeps: list[torch.Tensor] = []
     candidates: list[torch.Tensor | None] = []
-    for flat, alive_t, n_reserved in zip(flats, alive, reserved, strict=True):
-        keep = _top_count_among(flat, alive_t, n_reserved)
+    for flat, alive_t, n_reserved, tb in zip(flats, alive, reserved, breaks, strict=True):
+        keep = _top_count_among(flat, alive_t, n_reserved, tb)
         keeps.append(keep)
         if n_reserved:
             candidates.append(alive_t & ~keep if alive_t is not None else ~keep)
@@ -193,8 +195,9 @@ def _global_keep(
     if extra <= 0:
         return keeps
     sizes = [f.numel() for f in flats]
+    tie_break = torch.cat(list(breaks)) if breaks and breaks[0] is not None else None  # type: ignore[arg-type]
     if all(c is None for c in candidates):
-        chosen = top_count(torch.cat(list(flats)), extra)
+        chosen = top_count(torch.cat(list(flats)), extra, tie_break)
     else:
         candidate_mask = torch.cat(
             [
@@ -202,7 +205,7 @@ def _global_keep(
                 for c, f in zip(candidates, flats, strict=True)
             ]
         )
-        chosen = _top_count_among(torch.cat(list(flats)), candidate_mask, extra)
+        chosen = _top_count_among(torch.cat(list(flats)), candidate_mask, extra, tie_break)
     return [keep | part for keep, part in zip(keeps, torch.split(chosen, sizes), strict=True)]
 
 
@@ -215,6 +218,7 @@ def select_masks(
     existing: Mapping[str, torch.Tensor] | None = None,
     metadata: Mapping[str, object] | None = None,
     layer_counts: Mapping[str, int] | None = None,
+    tie_break: Mapping[str, torch.Tensor] | None = None,
 ) -> MaskSet:
     """Keep the best-scoring weights so that exactly ``round((1 - sparsity) * N)`` of ``N`` remain.
 
@@ -227,6 +231,8 @@ def select_masks(
         metadata: Stored in the returned MaskSet.
         layer_counts: Kept weights per tensor, required by (and only used with) ``scope="counts"``; they must sum
             to the kept total of ``sparsity``.
+        tie_break: A second score per weight (shaped like the scores) that decides between equal scores, e.g.
+            ``|w0|`` (``prune_at_init`` passes it); without it, and for its own ties, parameter order then position.
 
     Raises:
         ValueError: on a sparsity outside [0, 1), an unknown scope, NaN/inf scores (naming the parameter), a
@@ -259,6 +265,7 @@ def select_masks(
 
     device, dtype = _selection_device(scores), _key_dtype(scores)
     flats: list[torch.Tensor] = []
+    breaks: list[torch.Tensor | None] = []
     alive: list[torch.Tensor | None] = []  # None: every weight of the tensor is alive
     n_alive: list[int] = []
     reserved: list[int] = []
@@ -276,6 +283,9 @@ def select_masks(
                 "unpruned"
             )
         flats.append(flat)
+        breaks.append(
+            tie_break[name].detach().reshape(-1).to(device=device, dtype=torch.float64) if tie_break is not None else None
+        )
         alive.append(alive_t)
         n_alive.append(count_alive)
         reserved.append(min(math.ceil(min_density * flat.numel()), count_alive))
@@ -290,14 +300,14 @@ def select_masks(
         )
 
     if scope == "global":
-        keeps = _global_keep(flats, alive, reserved, k)
+        keeps = _global_keep(flats, alive, reserved, k, breaks)
     else:
         if scope == "counts":
             counts = [int(layer_counts[n]) for n in names]  # type: ignore[index]
         else:
             weights = [_layer_weight(scores[n].shape, scope) for n in names]
             counts = _divisor_counts(weights, reserved, n_alive, k - sum(reserved))
-        keeps = [_top_count_among(f, a, c) for f, a, c in zip(flats, alive, counts, strict=True)]
+        keeps = [_top_count_among(f, a, c, b) for f, a, c, b in zip(flats, alive, counts, breaks, strict=True)]
     masks = {
         name: keep.reshape(scores[name].shape).to(scores[name].device) for name, keep in zip(names, keeps, strict=True)
     }

@@ -83,12 +83,16 @@ def _position_of_nth_true(mask: torch.Tensor, nth: int) -> int:
     return low + int(inside[nth - 1])
 
 
-def top_count(values: torch.Tensor, count: int) -> torch.Tensor:
+def top_count(values: torch.Tensor, count: int, tie_break: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean mask of the ``count`` largest entries of the 1-D ``values``; ties go to the lowest index.
 
     Exactly what keeping the first ``count`` of a stable descending sort keeps, in linear time: every value above
     the ``count``-th largest, then the first of the values equal to it, in index order. ``values`` must be free of
     NaN. Iterative criteria (SynFlow) call it on the scores of the surviving weights only.
+
+    With ``tie_break`` (a second score per entry, same shape), the values tied at the threshold are chosen by it
+    (largest first, its own ties in index order) instead of by index: what a stable sort on ``(values, tie_break)``
+    keeps, still without sorting.
 
     Example:
         ```python
@@ -109,6 +113,9 @@ def top_count(values: torch.Tensor, count: int) -> torch.Tensor:
     needed = count - greater
     if needed == equal:
         return values >= threshold
+    if tie_break is not None:
+        tied = values == threshold
+        return (values > threshold) | _top_count_among(tie_break.reshape(-1).to(values.device), tied, needed)
     # The first `needed` ties (in index order) end at `cut`: keep >= threshold before it, > threshold from it on.
     cut = _position_of_nth_true(values == threshold, needed) + 1
     keep = torch.empty(n, dtype=torch.bool, device=values.device)
@@ -117,12 +124,15 @@ def top_count(values: torch.Tensor, count: int) -> torch.Tensor:
     return keep
 
 
-def _top_count_among(values: torch.Tensor, candidates: torch.Tensor | None, count: int) -> torch.Tensor:
+def _top_count_among(
+    values: torch.Tensor, candidates: torch.Tensor | None, count: int, tie_break: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`top_count` over the entries where ``candidates`` is true (``None``: all); the others are never kept."""
     if candidates is None:
-        return top_count(values, count)
+        return top_count(values, count, tie_break)
     index = torch.nonzero(candidates).squeeze(1)
-    kept = torch.masked_select(index, top_count(values.index_select(0, index), count))
+    inner_break = tie_break.index_select(0, index) if tie_break is not None else None
+    kept = torch.masked_select(index, top_count(values.index_select(0, index), count, inner_break))
     return torch.zeros_like(candidates).index_fill_(0, kept, True)
 
 

@@ -1,0 +1,103 @@
+"""Ties decided by something meaningful: a second score (|w0| in prune_at_init), then position; zero-initialized
+normalization scales do not leave whole residual blocks tied at zero."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+
+import autosparse_hf as A
+from autosparse_hf import select_masks
+from autosparse_hf.state import zero_initialized_norm_scales
+
+
+def _reference(scores, sparsity, tie_break):
+    """A stable sort on (score, tie_break) descending, then position: what select_masks must keep."""
+    names = list(scores)
+    flat = torch.cat([scores[n].reshape(-1).double() for n in names])
+    second = torch.cat([tie_break[n].reshape(-1).double() for n in names])
+    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), -float(second[i]), i))
+    k = round((1 - sparsity) * flat.numel())
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[order[:k]] = True
+    out, offset = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        out[n] = keep[offset : offset + size].reshape(scores[n].shape)
+        offset += size
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_global_selection_breaks_ties_by_the_second_score(seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = {n: torch.randint(0, 3, (s,), generator=g).float() for n, s in (("a", 40), ("b", 25), ("c", 60))}
+    second = {n: torch.randint(0, 5, s.shape, generator=g).float() for n, s in scores.items()}
+    for sparsity in (0.1, 0.5, 0.8, 0.95):
+        masks = select_masks(scores, sparsity, tie_break=second)
+        expected = _reference(scores, sparsity, second)
+        assert all(torch.equal(masks[n], expected[n]) for n in scores), (seed, sparsity)
+
+
+def test_prune_at_init_lets_the_initial_magnitude_decide_ties():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+
+    class Constant(A.Criterion):
+        name = "test-constant"
+
+        def score(self, context):
+            return {n: torch.ones_like(p.param) for n, p in context.params.items()}
+
+    masks = A.prune_at_init(model, Constant(), 0.75)
+    magnitudes = torch.cat([p.detach().abs().reshape(-1) for n, p in model.named_parameters() if n.endswith("weight")])
+    kept = torch.cat([masks[n].reshape(-1) for n in masks])
+    assert magnitudes[kept].min() >= magnitudes[~kept].max()  # not the first tensor kept whole by position
+
+
+def test_many_tied_scores_at_the_threshold_are_reported(caplog):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+
+    class Constant(A.Criterion):
+        name = "test-constant-2"
+
+        def score(self, context):
+            return {n: torch.ones_like(p.param) for n, p in context.params.items()}
+
+    with caplog.at_level(logging.WARNING, logger="autosparse_hf"):
+        A.prune_at_init(model, Constant(), 0.5)
+    assert any("equal the threshold score" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("criterion", ["snip", "grasp", "synflow"])
+def test_timm_zero_initialized_blocks_are_scored_not_tied(criterion, monkeypatch):
+    net = A.TimmForImageClassification.from_name("resnet10t", num_classes=10, in_chans=1)
+    assert zero_initialized_norm_scales(net), "timm's zero_init_last zeroes the last BatchNorm scale of each block"
+    g = torch.Generator().manual_seed(0)
+    batch = [{"pixel_values": torch.randn(8, 1, 64, 64, generator=g), "labels": torch.randint(0, 10, (8,), generator=g)}]
+    branch = ["model.layer1.0.conv1.weight", "model.layer1.0.conv2.weight", "model.layer2.0.conv2.weight"]
+
+    def distinct_share(scores, name):
+        s = scores[name]
+        return float((s != s.min()).float().mean())
+
+    scores = A.compute_scores(net, criterion, dataloader=batch)
+    assert all(not bool(s.any()) for s in zero_initialized_norm_scales(net))  # the model is left as found
+    # Without the treatment, the residual branches' convolutions all score the same (0): the tie order would decide.
+    import contextlib
+
+    import autosparse_hf.criteria.base as base
+
+    monkeypatch.setattr(base, "revived_zero_norm_scales", lambda model: contextlib.nullcontext(0))
+    untreated = A.compute_scores(net, criterion, dataloader=batch)
+    for name in branch:
+        assert distinct_share(untreated, name) == 0.0, name
+        assert distinct_share(scores, name) > 0.5, name
+    monkeypatch.undo()
+    if criterion != "synflow":  # SynFlow may genuinely rank a shortcut lowest (then the collapse warning says so)
+        masks = A.prune_at_init(copy.deepcopy(net), criterion, 0.9, batch)
+        assert min(masks.layer_density().values()) > 0.0
