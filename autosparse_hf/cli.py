@@ -20,6 +20,7 @@ Command-line flags are parsed by ``argparse`` with the same field types and over
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import sys
@@ -33,15 +34,27 @@ import yaml
 from transformers import HfArgumentParser
 
 
-def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+def parse_recipe_args(
+    dataclass_types: Sequence[type], argv: Sequence[str] | None = None, description: str | None = None
+) -> tuple[Any, ...]:
     """Parse command-line flags into ``dataclass_types``; ``--config x.yaml`` supplies defaults, flags override.
 
     Unknown keys in the YAML file are an error (naming the key and the file), so a typo never goes unnoticed, and
     every value is checked against its field's type (see the module docstring), the error naming the file, the key
-    and the value.
+    and the value. ``description`` (the recipe's docstring, by default the calling script's) heads ``--help``, which
+    also lists ``--config``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(list(dataclass_types))
+    if description is None:
+        main = sys.modules.get("__main__")
+        description = getattr(main, "__doc__", None) if main is not None else None
+    parser = HfArgumentParser(
+        list(dataclass_types), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    # Listed for --help; read (and removed from argv) below, before the dataclass flags are parsed.
+    parser.add_argument(
+        "--config", metavar="FILE.yaml", help="YAML file of argument values (defaults); flags given here override it."
+    )
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
@@ -49,7 +62,8 @@ def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
         path = Path(argv[i + 1])
         del argv[i : i + 2]
         parser.set_defaults(**_read_config(path, parser, dataclass_types))
-    return tuple(parser.parse_args_into_dataclasses(args=argv))
+    parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
+    return tuple(p for p in parsed if dataclasses.is_dataclass(p))
 
 
 def _read_config(path: Path, parser: HfArgumentParser, dataclass_types: Sequence[type]) -> dict[str, Any]:
