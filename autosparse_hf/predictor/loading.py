@@ -48,6 +48,9 @@ def load_predictor(predictor: str | os.PathLike[str] | AutoSModel) -> AutoSModel
         else:
             from huggingface_hub import constants
 
+            if _looks_like_a_path(str(predictor)):
+                # A Hub id is "name" or "org/name"; anything else was meant as a folder that is not there.
+                raise FileNotFoundError(f"no such AutoS predictor folder: {predictor!s}")
             if constants.HF_HUB_OFFLINE:
                 raise ConnectionError(f"{predictor!r} is not a local folder and the Hub is offline (HF_HUB_OFFLINE=1)")
         try:
@@ -103,3 +106,14 @@ def _check_version(version: object, where: str) -> None:
             f"{where} was trained on feature schema version {version!r}; this library computes version "
             f"{FEATURE_SCHEMA_VERSION}; retrain the predictor on a current score dataset"
         )
+
+
+def _looks_like_a_path(text: str) -> bool:
+    """Whether ``text`` can only be a local path (absolute, relative with ./ or ../, ~, or more than one slash)."""
+    return (
+        Path(text).is_absolute()
+        or text.startswith((".", "~"))
+        or text.count("/") > 1
+        or text.endswith("/")
+        or "\\" in text
+    )

@@ -198,3 +198,11 @@ def test_train_autos_refuses_to_save_a_predictor_with_nan_weights(tmp_path: Path
     with pytest.raises(ValueError, match=r"non-finite.*'[\w.]+'|'[\w.]+'.*non-finite"):
         train_autos(args, bad)
     assert not (tmp_path / "p" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("path", ["/abs/missing-predictor", "./missing", "outputs/runs/missing"])
+def test_a_missing_folder_is_named_not_blamed_on_the_hub(path):
+    from autosparse_hf import AutoSCallback
+
+    with pytest.raises(FileNotFoundError, match="no such AutoS predictor folder"):
+        AutoSCallback(predictor=path)
