@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from ..allocation.learned import LearnedAllocation
 from ..features import InitialFeatures, compute_initial_features, feature_names, iter_feature_columns, layer_contexts
 from ..predictor.loading import load_predictor
 from .base import Criterion, ScoringContext, register_criterion
+from .synflow import scoring_progress
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ class AutoSCriterion(Criterion):
         fold: For the ``mlp`` predictor, fold the input standardization and the columns that are constant within a
             tensor (layer context, density) into the first layer (``AutoSModel.fold_inputs``): fewer columns and
             no standardization pass, equal to ``predict`` up to float32 rounding. ``False`` scores with ``predict`` itself, bit for bit.
+        progress: ``True`` shows a ``tqdm`` bar over the tensors, ``False`` never; ``None`` (default) follows the
+            transformers progress-bar switch (``transformers.utils.logging.disable_progress_bar()``,
+            ``HF_HUB_DISABLE_PROGRESS_BARS=1``) and shows the bar only once scoring has taken a few seconds
+            (``autosparse_hf.criteria.synflow.PROGRESS_DELAY_S``). The wall time is logged at ``logging.INFO``.
     """
 
     name = "autos"
@@ -48,6 +54,7 @@ class AutoSCriterion(Criterion):
     num_batches: int | None = None
     prefetch: bool = False
     fold: bool = True
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         if self.predictor is None:
@@ -68,6 +75,7 @@ class AutoSCriterion(Criterion):
             )
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
+        started = time.perf_counter()
         config = self.model.config
         num_batches = self.num_batches or config.feature_num_batches
         if self.needs_data:
@@ -105,6 +113,7 @@ class AutoSCriterion(Criterion):
             # The prefetch thread takes one core for its sorts; with all intra-op threads on the prediction as well,
             # the spinning threads oversubscribe the cores.
             torch.set_num_threads(threads - 1)
+        bar = scoring_progress(len(features.layers), f"{self.name} tensors", self.progress, unit="tensor")
         try:
             # Features are built and scored chunk by chunk: peak memory is one chunk plus per-tensor statistics.
             for layer, columns in iter_feature_columns(features, config.feature_set, prefetch=prefetch):
@@ -128,9 +137,15 @@ class AutoSCriterion(Criterion):
                         flat[start:stop] = self.model.predict(buffer[: stop - start], stop - start)
                 param = context.params[layer.name].param
                 scores[layer.name] = flat.reshape(param.shape).to(param.device)
+                bar.update(1)
         finally:
+            bar.close()
             if prefetch:
                 torch.set_num_threads(threads)
+        logger.info(
+            "%s: %d tensors, %d weights scored in %.1f s", self.name, len(scores),
+            sum(s.numel() for s in scores.values()), time.perf_counter() - started,
+        )
         return scores
 
     def batches_used(self, num_batches: int) -> int:

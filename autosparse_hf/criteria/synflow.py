@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,13 @@ from ..gradients import take_batches
 from ..masks import num_to_keep, select_masks
 from ..masks.topk import top_count
 from .base import Criterion, ScoringContext, register_criterion
+from .numerics import SignalNumerics, all_finite, check_finite_weights, gradients_finite, like_model, nonfinite_error
+
+logger = logging.getLogger(__name__)
+
+# With ``progress=None`` a scoring bar shows only once scoring has run this long (tqdm's ``delay``): bars are for
+# waits a user notices, not for the milliseconds a small model takes.
+PROGRESS_DELAY_S = 2.0
 
 
 @register_criterion
@@ -42,10 +51,27 @@ class SynFlowCriterion(Criterion):
     parameter order, then position, as ``select_masks`` breaks them) and touches only the weights it removes. The
     scores are the same, bit for bit, as those of calling ``select_masks`` on whole tensors every round.
 
+    Numerics: the products of ``|w|`` along a deep network's paths outgrow float32 (about 1e38: efficientnet_b0's
+    signal reaches 1e40, densenet121's 1e86), and saturating activations turn the overflow into NaN (a saturated
+    hard-sigmoid's zero derivative times an infinite gradient in a squeeze-excitation block). A round is therefore
+    computed in the model's dtype first and kept when its output, its gradients and its scores are finite, so a
+    network that was finite in float32 gets exactly the scores it always got. A round that is not finite is computed again in float64
+    (same function, about 1e308 of range), and so are all later rounds. Should float64 overflow too, every module's
+    output whose magnitude exceeds ``2**64`` is scaled down by a power of two (exact, so the scores of a
+    bias-free ReLU chain keep their ranking; in residual or non-homogeneous networks the scores become an
+    approximation, with a warning). If a value is still not finite, the error names the module where it first
+    appears (forward pass) or where its gradient first does (backward pass).
+
+    Scoring shows a progress bar over the rounds and logs its wall time (``logging.INFO``): see ``progress``.
+
     Args:
         rounds: Pruning iterations (100 in the paper).
         budgets: Kept weights per tensor at the target sparsity, fixed with the criterion (then they are its default
             layer budgets); ``None`` to use the allocation's counts, or SynFlow's global threshold without them.
+        progress: ``True`` shows a ``tqdm`` bar over the rounds, ``False`` never; ``None`` (default) follows the
+            transformers progress-bar switch (``transformers.utils.logging.disable_progress_bar()``, or
+            ``HF_HUB_DISABLE_PROGRESS_BARS=1``) and shows the bar only once scoring has taken ``PROGRESS_DELAY_S``
+            seconds. ``criterion_options={"progress": False}`` silences it through ``prune_at_init``.
 
     Example:
         ```python
@@ -56,6 +82,7 @@ class SynFlowCriterion(Criterion):
     name = "synflow"
     rounds: int = 100
     budgets: dict[str, int] | None = None
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -63,6 +90,7 @@ class SynFlowCriterion(Criterion):
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         model, params, family = context.model, context.params, context.family
+        started = time.perf_counter()
         batch = take_batches(context.dataloader, 1, "synflow")[0] if context.dataloader is not None else None
         inputs = family.synflow_inputs(model, batch)
         model.eval()
@@ -79,7 +107,7 @@ class SynFlowCriterion(Criterion):
         with torch.no_grad():
             for n, p in params.items():
                 p.param.mul_(mask[n].to(p.param.device))  # |w| * mask; later rounds only zero what they remove
-        finite_params = all(bool(torch.isfinite(p.param).all()) for p in params.values())
+        check_finite_weights(params)
         # Flat positions of the surviving weights, per tensor, increasing: they only shrink from round to round.
         # int32 where it fits: half the bytes to gather with and to compact every round.
         alive = {n: _positions(mask[n].reshape(-1).to(p.param.device)) for n, p in params.items()}
@@ -89,26 +117,54 @@ class SynFlowCriterion(Criterion):
             missing = sorted(set(params) - set(budgets))
             if missing:
                 raise ValueError(f"budgets lack prunable tensors {missing}")
-        for k in range(1, self.rounds + 1):
-            self._backward(context, inputs)
-            survivors, flat = self._survivor_scores(params, alive) if finite_params else (None, None)
-            keeps = self._select_round(params, survivors, flat, alive, budgets, k, 1.0 - context.sparsity)
-            if survivors is None:  # not reached: select_masks rejects the non-finite scores of such a round
-                survivors = {n: s.reshape(-1)[alive[n]] for n, s in self._scores(params).items()}
-            # The largest score of the round: pruned weights score exactly 0 (their weight is 0, their gradient finite).
-            peak = max((float(s.max()) for s in survivors.values() if s.numel()), default=0.0) or 1.0
-            for n, p in params.items():
-                keep = keeps[n]
-                gone = torch.nonzero(~keep).squeeze(1)  # a few per cent of the survivors
-                removed = alive[n].index_select(0, gone)
-                value = (k - 1) + 0.5 * survivors[n].index_select(0, gone).double() / peak
-                result[n].view(-1)[removed.to(result[n].device)] = value
-                _zero_positions(p.param, removed)
-                alive[n] = torch.masked_select(alive[n], keep)
-                if k == self.rounds:
-                    value = self.rounds + torch.masked_select(survivors[n], keep).double() / peak
-                    result[n].view(-1)[alive[n].to(result[n].device)] = value
+        numerics = SignalNumerics(model)
+        bar = scoring_progress(self.rounds, "SynFlow rounds", self.progress, unit="round")
+        try:
+            for k in range(1, self.rounds + 1):
+                survivors, flat = self._finite_round(context, inputs, alive, numerics, k)
+                keeps = self._select_round(params, survivors, flat, alive, budgets, k, 1.0 - context.sparsity)
+                # The largest score of the round: pruned weights score exactly 0 (their weight is 0).
+                peak = max((float(s.max()) for s in survivors.values() if s.numel()), default=0.0) or 1.0
+                for n, p in params.items():
+                    keep = keeps[n]
+                    gone = torch.nonzero(~keep).squeeze(1)  # a few per cent of the survivors
+                    removed = alive[n].index_select(0, gone)
+                    value = (k - 1) + 0.5 * survivors[n].index_select(0, gone).double() / peak
+                    result[n].view(-1)[removed.to(result[n].device)] = value
+                    _zero_positions(p.param, removed)
+                    alive[n] = torch.masked_select(alive[n], keep)
+                    if k == self.rounds:
+                        value = self.rounds + torch.masked_select(survivors[n], keep).double() / peak
+                        result[n].view(-1)[alive[n].to(result[n].device)] = value
+                bar.update(1)
+        finally:
+            bar.close()
+            numerics.close()
+        logger.info(
+            "synflow: %d rounds over %d weights in %.1f s (in %s)", self.rounds, sum(r.numel() for r in result.values()),
+            time.perf_counter() - started, numerics.description,
+        )
         return result
+
+    def _finite_round(
+        self,
+        context: ScoringContext,
+        inputs: dict[str, torch.Tensor],
+        alive: dict[str, torch.Tensor],
+        numerics: SignalNumerics,
+        k: int,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Round ``k``'s backward pass and the survivors' scores, finite: a pass that overflows is computed again in
+        the next numeric tier (see the class docstring), which then holds for the remaining rounds."""
+        while True:
+            # Any non-finite gradient, even of a pruned weight (whose score is 0 whatever it is), means a value
+            # overflowed somewhere in the pass: the survivors' gradients went through the same arithmetic.
+            finite = self._backward(context, inputs) and gradients_finite(context.params)
+            survivors, flat = self._survivor_scores(context.params, alive)
+            if finite and all_finite(survivors, flat):
+                return survivors, flat
+            if not numerics.escalate(k):
+                raise nonfinite_error(context, inputs, survivors, k, numerics.description)
 
     def default_budgets(self) -> Any:
         return ExplicitCounts(dict(self.budgets)) if self.budgets is not None else "global"
@@ -135,8 +191,7 @@ class SynFlowCriterion(Criterion):
 
         The same selection as ``select_masks(scores, sparsity, existing=mask)`` (global) or with
         ``scope="counts"`` (inside budgets), on the survivors only. Whenever ``select_masks`` would refuse the round
-        (non-finite scores: ``survivors`` is ``None``; an impossible count) it runs on whole tensors, so that the
-        error is its own.
+        (an impossible count) it runs on whole tensors, so that the error is its own.
         """
         n_alive = {n: a.numel() for n, a in alive.items()}
         total = sum(p.param.numel() for p in params.values())
@@ -178,12 +233,15 @@ class SynFlowCriterion(Criterion):
         return {n: new[n].reshape(-1)[alive[n]] for n in scores}
 
     @staticmethod
-    def _backward(context: ScoringContext, inputs: dict[str, torch.Tensor]) -> None:
-        """One SynFlow pass: ``R = sum(output)`` of the all-ones input, backpropagated into the parameters' grads."""
+    def _backward(context: ScoringContext, inputs: dict[str, torch.Tensor]) -> bool:
+        """One SynFlow pass: ``R = sum(output)`` of the all-ones input, backpropagated into the parameters' grads.
+        Returns whether the output is finite (the inputs follow the model's current dtype)."""
         for p in context.params.values():
             p.param.grad = None
-        output = context.family.synflow_output(context.model, inputs)
-        output.sum().backward()
+        output = context.family.synflow_output(context.model, like_model(inputs, context.model))
+        total = output.sum()
+        total.backward()
+        return math.isfinite(float(total.detach())) or bool(torch.isfinite(output.detach()).all())
 
     @staticmethod
     def _scores(params: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -196,14 +254,13 @@ class SynFlowCriterion(Criterion):
     @staticmethod
     def _survivor_scores(
         params: dict[str, Any], alive: dict[str, torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor] | None, torch.Tensor | None]:
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """``|w * dR/dw|`` at the surviving positions only, per tensor, and all of them in parameter order.
 
         The per-tensor scores are views of one buffer (the concatenation a global selection reads) when the
-        parameters share a dtype and device; otherwise the second value is ``None``. ``(None, None)`` if a gradient
-        may not be finite somewhere. Reading only the survivors is exact: a pruned weight is 0, so its score is 0 for
-        any finite gradient; a non-finite gradient (which makes some score NaN or infinite) is found by one sum per
-        tensor.
+        parameters share a dtype and device; otherwise the second value is ``None``. Reading only the survivors is
+        exact: a pruned weight is 0 and scores 0 (a pruned weight's gradient may overflow; its score is never read).
+        Whether the scores are finite is the caller's check (``numerics.all_finite``).
         """
         kinds = {(p.param.dtype, p.param.device) for p in params.values()}
         flat = None
@@ -218,12 +275,25 @@ class SynFlowCriterion(Criterion):
             if grad is None:
                 survivors[n] = out.zero_() if out is not None else p.param.new_zeros(index.numel())
                 continue
-            # A sum is finite only if every term is (an overflowing sum of finite terms merely takes the slow path).
-            if not math.isfinite(float(grad.sum() if grad.dtype in (torch.float32, torch.float64) else grad.float().sum())):
-                return None, None
             weight = p.param.detach().reshape(-1).index_select(0, index)
             survivors[n] = torch.mul(weight, grad.reshape(-1).index_select(0, index), out=out).abs_()
         return survivors, flat
+
+
+def scoring_progress(total: int, desc: str, progress: bool | None, unit: str = "it") -> Any:
+    """A ``tqdm`` bar over ``total`` steps of scoring (SynFlow's rounds, AutoS's tensors).
+
+    ``progress=True`` shows it from the start and ``False`` never. ``None`` follows transformers' progress-bar switch
+    (``transformers.utils.logging.disable_progress_bar()``, ``HF_HUB_DISABLE_PROGRESS_BARS=1``), like the
+    ``Trainer``'s and ``datasets``' bars, and shows the bar only once scoring has run ``PROGRESS_DELAY_S`` seconds.
+    The bar goes away when scoring ends (the wall time is logged instead).
+    """
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled() if progress is None else progress
+    delay = PROGRESS_DELAY_S if progress is None else 0.0
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, delay=delay, leave=False)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
