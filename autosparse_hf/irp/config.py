@@ -62,10 +62,10 @@ class IRPConfig:
         # A YAML scalar is one pattern, never a sequence of one-character patterns.
         self.include = [self.include] if isinstance(self.include, str) else list(self.include)
         self.exclude = [self.exclude] if isinstance(self.exclude, str) else list(self.exclude)
-        for name in ("cycles", "rewind_step", "feature_num_batches", "criterion_num_batches"):
+        for name, minimum in (("cycles", 1), ("rewind_step", 0), ("feature_num_batches", 1), ("criterion_num_batches", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         if self.densities:
             if self.schedule not in ("equal_count", "custom"):
                 # equal_count is the default, so it cannot tell a user's choice; anything else would be overridden.

@@ -63,7 +63,6 @@ def test_score_rules_are_the_selection_scopes(budgets):
     assert all(torch.equal(masks[n], expected[n]) for n in expected)
 
 
-@register_allocation
 @dataclass
 class HalfFirstLayer(Allocation):
     """A user's rule: the first tensor keeps half of all kept weights, the rest split by size."""
@@ -82,7 +81,17 @@ class HalfFirstLayer(Allocation):
         return LayerBudgets("counts", dict(zip(names, [first, *counts], strict=True)))
 
 
-def test_a_registered_user_rule_decides_the_counts_for_any_criterion():
+@pytest.fixture
+def half_first():  # noqa: ANN201
+    """Registers the user rule for one test and removes it after (the registry is process-wide)."""
+    from autosparse_hf.allocation import base
+
+    register_allocation(HalfFirstLayer)
+    yield HalfFirstLayer
+    base._ALLOCATIONS.pop(HalfFirstLayer.name, None)
+
+
+def test_a_registered_user_rule_decides_the_counts_for_any_criterion(half_first):
     assert "test-half-first" in A.list_budgets()
     for criterion in ("magnitude", "random", "synflow"):
         masks = A.prune_at_init(build(), criterion, 0.9, loader(), budgets="test-half-first")
@@ -92,7 +101,7 @@ def test_a_registered_user_rule_decides_the_counts_for_any_criterion():
         assert masks.metadata["budgets"] == "test-half-first" and masks.metadata["criterion"] == criterion
 
 
-def test_synflow_iterates_inside_allocated_counts():
+def test_synflow_iterates_inside_allocated_counts(half_first):
     # SynFlow inside fixed budgets: the allocation's counts reach the criterion, which prunes towards them round by
     # round; the result equals SynFlow given the same counts directly.
     counts = HalfFirstLayer().allocate(A.get_prunable_parameters(build()), 0.9).counts

@@ -157,7 +157,7 @@ def test_config_rejects_other_bad_values() -> None:
 
 
 def test_config_refuses_bools_for_integers_and_a_schedule_the_densities_would_override() -> None:
-    with pytest.raises(ValueError, match="cycles must be an integer, got True"):
+    with pytest.raises(ValueError, match="cycles must be an integer >= 1, got True"):
         IRPConfig(cycles=True)
     with pytest.raises(ValueError, match="schedule='geometric' contradicts"):
         IRPConfig(densities=[0.5, 0.2], schedule="geometric")
