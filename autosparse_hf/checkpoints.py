@@ -80,6 +80,16 @@ def last_complete_checkpoint(
     return None
 
 
+def require_complete(checkpoint: Path, is_complete: Callable[[Path], bool], what: str) -> None:
+    """Raise ``FileNotFoundError`` when the checkpoint being resumed lacks a complete ``what``, naming the newest
+    complete checkpoint beside it (resuming must never guess what a kill did not save)."""
+    if is_complete(checkpoint):
+        return
+    complete = last_complete_checkpoint(checkpoint.parent, is_complete)
+    hint = f"; the newest complete checkpoint there is {complete}" if complete else ""
+    raise FileNotFoundError(f"resuming from {checkpoint}, which holds no complete {what}{hint}")
+
+
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the ``.*.tmp-*`` folders an interrupted atomic save left in ``folder`` (never a complete artifact)."""
     root = Path(folder)

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from ..checkpoints import last_complete_checkpoint, resumed_checkpoint
+from ..checkpoints import require_complete, resumed_checkpoint
 from ..criteria import Criterion
 from ..masks import MASK_CONFIG_NAME, MASK_WEIGHTS_NAME, MaskSet
 from ..pruning import PruneConfig, make_prune_config, prune_with_config
@@ -102,14 +102,12 @@ class PaICallback(MaskEnforcingCallback):
         logger.info("pruned %s to sparsity %.6f", type(model).__name__, self.masks.sparsity)
 
     def _load_masks(self, checkpoint: Path) -> MaskSet:
-        if not masks_complete(checkpoint):
-            complete = last_complete_checkpoint(checkpoint.parent, masks_complete)
-            hint = f"; the newest complete checkpoint there is {complete}" if complete else ""
-            raise FileNotFoundError(
-                f"resuming from {checkpoint}, which holds no complete {CHECKPOINT_MASK_DIR}/ (written without "
-                f"{type(self).__name__}, or killed while saving); re-pruning the trained weights would choose "
-                f"another mask{hint}"
-            )
+        require_complete(
+            checkpoint,
+            masks_complete,
+            f"{CHECKPOINT_MASK_DIR}/ (written without {type(self).__name__}, or killed while saving); re-pruning the "
+            "trained weights would choose another mask",
+        )
         masks = MaskSet.from_pretrained(checkpoint / CHECKPOINT_MASK_DIR)
         expected = {"sparsity": self.config.sparsity, "criterion": _criterion_name(self.config.criterion)}
         saved = {k: masks.metadata.get(k) for k in expected}

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from ..callbacks.enforcing import MaskEnforcingCallback
-from ..checkpoints import last_complete_checkpoint, resumed_checkpoint
+from ..checkpoints import require_complete, resumed_checkpoint
 from ..criteria import compute_scores
 from ..families import PrunableParameter, get_prunable_parameters
 from ..features import InitialFeatures, compute_initial_features
@@ -199,13 +199,9 @@ class IRPCallback(MaskEnforcingCallback):
         self._run = run_fingerprint(args, state, _num_examples(loader))
         checkpoint = resumed_checkpoint(args, state)
         if checkpoint is not None:
-            if not is_complete(checkpoint):
-                complete = last_complete_checkpoint(checkpoint.parent, is_complete)
-                hint = f"; the newest complete checkpoint there is {complete}" if complete else ""
-                raise FileNotFoundError(
-                    f"resuming at step {state.global_step} from {checkpoint}, which holds no complete IRP state "
-                    f"({CHECKPOINT_STATE_DIR}/): written without IRPCallback, or killed while saving{hint}"
-                )
+            require_complete(
+                checkpoint, is_complete, f"IRP state ({CHECKPOINT_STATE_DIR}/): written without IRPCallback, or killed while saving"
+            )
             resume_dir = checkpoint / CHECKPOINT_STATE_DIR
             self._resume(resume_dir)
             zero_pruned_weights(model, self.masks)

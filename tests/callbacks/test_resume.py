@@ -10,26 +10,11 @@ import shutil
 
 import pytest
 import torch
+from kill_points import Killed, KillInOnSave
 from test_callbacks import SPARSITY, build_model, make_trainer
-from transformers import TrainerCallback
 
 from autosparse_hf import MaskSet, PaICallback
 from autosparse_hf.callbacks import CHECKPOINT_MASK_DIR
-
-
-class Killed(Exception):
-    pass
-
-
-class KillInOnSave(TrainerCallback):
-    """Stops the run in ``on_save`` at ``step``: the Trainer's files exist, later callbacks' files do not."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-        if state.global_step == self.step:
-            raise Killed(f"killed after the Trainer saved checkpoint-{self.step}")
 
 
 def train_with(callbacks, output_dir, model, **kwargs):  # noqa: ANN001, ANN201

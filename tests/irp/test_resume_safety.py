@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from irp_utils import lenet, run_irp
+from kill_points import Killed, KillInOnSave
 from transformers import TrainerCallback
 
 from autosparse_hf import IRPConfig
@@ -22,19 +23,6 @@ from autosparse_hf.irp.checkpoint import CHECKPOINT_STATE_DIR, is_complete
 
 CONFIG = IRPConfig(cycles=3, final_sparsity=0.9, feature_num_batches=2)
 ARGS = dict(save_strategy="steps", save_steps=4, train_sampling_strategy="random", logging_steps=4)
-
-
-class Killed(Exception):
-    pass
-
-
-class KillInOnSave(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-        if state.global_step == self.step:
-            raise Killed(self.step)
 
 
 @pytest.fixture(scope="module")
