@@ -240,11 +240,10 @@ def prune_at_init(
     return prune_with_config(model, config, dataloader)
 
 
-def make_prune_config(
-    criterion: str | Criterion, sparsity: float, *, scope: str | None = None, **options: Any
-) -> PruneConfig:
-    """A ``PruneConfig`` from ``prune_at_init``-style arguments; ``scope`` is the old name of ``budgets`` and a
-    ``budgets`` of ``None`` means ``"auto"``. Unknown options are an error that lists the fields."""
+def budgets_option(options: dict[str, Any], scope: str | None = None) -> dict[str, Any]:
+    """``options`` with the old ``scope`` folded into ``budgets`` (they must agree) and a ``budgets`` of ``None``
+    dropped (meaning ``"auto"``)."""
+    options = dict(options)
     if scope is not None:
         budgets = options.get("budgets")
         if budgets not in (None, "auto", scope):
@@ -252,6 +251,15 @@ def make_prune_config(
         options["budgets"] = scope
     if options.get("budgets") is None:
         options.pop("budgets", None)
+    return options
+
+
+def make_prune_config(
+    criterion: str | Criterion, sparsity: float, *, scope: str | None = None, **options: Any
+) -> PruneConfig:
+    """A ``PruneConfig`` from ``prune_at_init``-style arguments; ``scope`` is the old name of ``budgets`` and a
+    ``budgets`` of ``None`` means ``"auto"``. Unknown options are an error that lists the fields."""
+    options = budgets_option(options, scope)
     known = {f.name for f in fields(PruneConfig)}
     unknown = sorted(set(options) - known)
     if unknown:

@@ -15,7 +15,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 from ..checkpoints import require_complete, resumed_checkpoint
 from ..criteria import Criterion
 from ..masks import MASK_CONFIG_NAME, MASK_WEIGHTS_NAME, MaskSet
-from ..pruning import PruneConfig, make_prune_config, prune_with_config
+from ..pruning import PruneConfig, budgets_option, make_prune_config, prune_with_config
 from .enforcing import MaskEnforcingCallback
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,6 @@ class AutoSCallback(PaICallback):
 
     def __init__(self, predictor: Any, sparsity: float = 0.9, **options: Any) -> None:
         dataloader = options.pop("dataloader", None)
-        if "scope" in options:
-            options["budgets"] = options.pop("scope")
+        options = budgets_option(options, options.pop("scope", None))
         super().__init__(config=PruneConfig.from_predictor(predictor, sparsity=sparsity, **options), dataloader=dataloader)
 
