@@ -127,3 +127,43 @@ def revived_zero_norm_scales(model: nn.Module, value: float = 1.0) -> Iterator[i
         with torch.no_grad():
             for scale, old in zip(scales, saved, strict=True):
                 scale.copy_(old)
+
+
+@contextmanager
+def revived_zero_weights(
+    weights: dict[str, tuple[torch.Tensor, int]], pruned: dict[str, torch.Tensor] | None = None
+) -> Iterator[list[str]]:
+    """Score all-zero weight tensors as if they had PyTorch's default initialization (restored on exit).
+
+    ``weights`` maps a name to ``(tensor, fan_in)``. A tensor that is entirely zero before any pruning (``pruned``:
+    the masks in force, when a tensor is zero because it is pruned it stays zero) is a zero-initialized layer, e.g.
+    the classifier head of timm's MLP-Mixer. With it, every gradient upstream of it is zero, so SNIP, GraSP, FORCE
+    and SynFlow score the whole network 0 and the tie order picks the mask. Such a tensor is scored as if drawn from
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (``nn.Linear``'s default), from a generator seeded by the tensor's name:
+    deterministic, and the global RNG untouched. Yields the names revived. Use inside ``preserved_model_state``.
+    """
+    import zlib
+
+    revived = []
+    for name, (weight, _) in weights.items():
+        if weight.numel() == 0 or bool(weight.detach().any()):
+            continue
+        if pruned is not None and name in pruned and not bool(pruned[name].any()):
+            continue
+        revived.append(name)
+    saved = {name: weights[name][0].detach().clone() for name in revived}
+    with torch.no_grad():
+        for name in revived:
+            weight, fan_in = weights[name]
+            bound = 1.0 / max(fan_in, 1) ** 0.5
+            generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            values = (torch.rand(weight.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            mask = pruned[name].to(weight.device) if pruned is not None and name in pruned else None
+            values = values.to(weight.device, weight.dtype)
+            weight.copy_(values * mask if mask is not None else values)
+    try:
+        yield revived
+    finally:
+        with torch.no_grad():
+            for name, old in saved.items():
+                weights[name][0].copy_(old)

@@ -1,6 +1,6 @@
 """Pruning-at-initialization criteria, one module each, registered by name (``list_criteria()``)."""
 
-from . import autos, grasp, magnitude, random, snip, synflow, ticket  # noqa: F401  (registration)
+from . import autos, force, grasp, magnitude, ntksap, prospr, random, snip, synflow, ticket  # noqa: F401  (registration)
 from .base import (
     Criterion,
     ScoringContext,

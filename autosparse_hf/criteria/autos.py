@@ -14,7 +14,7 @@ from ..allocation.learned import LearnedAllocation
 from ..features import InitialFeatures, compute_initial_features, feature_names, iter_feature_columns, layer_contexts
 from ..predictor.loading import load_predictor
 from .base import Criterion, ScoringContext, register_criterion
-from .synflow import scoring_progress
+from .progress import scoring_progress
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class AutoSCriterion(Criterion):
         progress: ``True`` shows a ``tqdm`` bar over the tensors, ``False`` never; ``None`` (default) follows the
             transformers progress-bar switch (``transformers.utils.logging.disable_progress_bar()``,
             ``HF_HUB_DISABLE_PROGRESS_BARS=1``) and shows the bar only once scoring has taken a few seconds
-            (``autosparse_hf.criteria.synflow.PROGRESS_DELAY_S``). The wall time is logged at ``logging.INFO``.
+            (``autosparse_hf.criteria.progress.PROGRESS_DELAY_S``). The wall time is logged at ``logging.INFO``.
     """
 
     name = "autos"

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from ..families import ModelFamily, PrunableParameter, get_family, get_prunable_parameters
+from ..gradients import take_batches
 from ..masks import check_scores
-from ..state import float32_scoring, preserved_model_state, revived_zero_norm_scales
+from ..state import float32_scoring, preserved_model_state, revived_zero_norm_scales, revived_zero_weights
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,18 @@ class Criterion:
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def read_batches(self, context: ScoringContext, count: int | None = None) -> list[Any]:
+        """The first ``count`` (default ``context.num_batches``) batches of the context's dataloader, remembered for
+        :meth:`batches_used`: a dataloader with fewer batches than asked for is averaged over what it has."""
+        batches = take_batches(context.dataloader, context.num_batches if count is None else count, self.name)
+        self._batches_read = len(batches)
+        return batches
+
     def batches_used(self, num_batches: int) -> int:
-        """How many batches scoring really averages over when called with ``num_batches`` (recorded in masks)."""
-        return num_batches
+        """How many batches scoring really averaged over when called with ``num_batches`` (recorded in masks): fewer
+        when the last dataloader scored (through :meth:`read_batches`) held fewer."""
+        read = getattr(self, "_batches_read", None)
+        return num_batches if read is None else min(num_batches, read)
 
     def metadata(self) -> dict[str, Any]:
         """JSON-ready facts recorded in the masks this criterion selects (e.g. the IRP run a ticket came from)."""
@@ -148,10 +158,19 @@ def compute_scores(
         budgets=budgets,
     )
     # Half-precision models are scored in float32 (then cast back): same scores as their float32 copy. Zero-initialized
-    # normalization scales (timm's residual blocks) are scored as ones, or their blocks' weights would all tie at 0.
-    with preserved_model_state(model), float32_scoring(model), revived_zero_norm_scales(model) as revived:
+    # normalization scales (timm's residual blocks) are scored as ones, and all-zero weight tensors (timm's MLP-Mixer
+    # head) as default-initialized, or the weights they gate would all tie at 0.
+    weights = {n: (p.param, p.fan_in) for n, p in params.items()}
+    with (
+        preserved_model_state(model),
+        float32_scoring(model),
+        revived_zero_norm_scales(model) as revived,
+        revived_zero_weights(weights, existing) as revived_weights,
+    ):
         if revived:
             logger.info("scoring %s with %d zero-initialized normalization scales set to 1", crit.name, revived)
+        if revived_weights:
+            logger.info("scoring %s with the all-zero tensor(s) %s default-initialized", crit.name, revived_weights)
         scores = crit.score(context)
     # float64 stays float64: iterative criteria (SynFlow, ticket) encode an order finer than float32 resolves.
     scores = {n: scores[n].detach() for n in params}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..gradients import average_gradients, take_batches
+from ..gradients import average_gradients
 from .base import Criterion, ScoringContext, register_criterion
 
 
@@ -51,7 +51,7 @@ class GraSPCriterion(Criterion):
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         model, names = context.model, list(context.params)
-        batches = take_batches(context.dataloader, context.num_batches, "grasp")
+        batches = self.read_batches(context)
         grads = average_gradients(model, names, batches, context.family)
         weights = [context.params[n].param for n in names]
         hessian_grad = [torch.zeros_like(w) for w in weights]

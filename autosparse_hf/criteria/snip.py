@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..gradients import average_gradients, take_batches
+from ..gradients import average_gradients
 from .base import Criterion, ScoringContext, register_criterion
 
 
@@ -25,6 +25,6 @@ class SNIPCriterion(Criterion):
     needs_data = True
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
-        batches = take_batches(context.dataloader, context.num_batches, "snip")
+        batches = self.read_batches(context)
         grads = average_gradients(context.model, context.params, batches, context.family)
         return {name: (p.param.detach() * grads[name]).abs() for name, p in context.params.items()}

@@ -16,13 +16,9 @@ from ..masks import num_to_keep, select_masks
 from ..masks.topk import top_count
 from .base import Criterion, ScoringContext, register_criterion
 from .numerics import SignalNumerics, all_finite, check_finite_weights, gradients_finite, like_model, nonfinite_error
+from .progress import scoring_progress
 
 logger = logging.getLogger(__name__)
-
-# With ``progress=None`` a scoring bar shows only once scoring has run this long (tqdm's ``delay``): bars are for
-# waits a user notices, not for the milliseconds a small model takes.
-PROGRESS_DELAY_S = 2.0
-
 
 @register_criterion
 @dataclass
@@ -278,22 +274,6 @@ class SynFlowCriterion(Criterion):
             weight = p.param.detach().reshape(-1).index_select(0, index)
             survivors[n] = torch.mul(weight, grad.reshape(-1).index_select(0, index), out=out).abs_()
         return survivors, flat
-
-
-def scoring_progress(total: int, desc: str, progress: bool | None, unit: str = "it") -> Any:
-    """A ``tqdm`` bar over ``total`` steps of scoring (SynFlow's rounds, AutoS's tensors).
-
-    ``progress=True`` shows it from the start and ``False`` never. ``None`` follows transformers' progress-bar switch
-    (``transformers.utils.logging.disable_progress_bar()``, ``HF_HUB_DISABLE_PROGRESS_BARS=1``), like the
-    ``Trainer``'s and ``datasets``' bars, and shows the bar only once scoring has run ``PROGRESS_DELAY_S`` seconds.
-    The bar goes away when scoring ends (the wall time is logged instead).
-    """
-    from tqdm.auto import tqdm
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled() if progress is None else progress
-    delay = PROGRESS_DELAY_S if progress is None else 0.0
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, delay=delay, leave=False)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

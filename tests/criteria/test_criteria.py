@@ -335,6 +335,17 @@ def criterion_options(name: str, model: nn.Module) -> dict:
     return autos_options(model) if name.startswith("autos") else {}
 
 
+@pytest.mark.parametrize("name", ["snip", "grasp", "iter_snip"])
+def test_a_dataloader_shorter_than_num_batches_records_the_batches_it_had(name):
+    loader = make_loader()  # two batches
+    masks = prune_at_init(mixed_state_model(), name, 0.5, loader, num_batches=5,
+                          criterion_options={"steps": 2} if name == "iter_snip" else {})
+    assert masks.metadata["num_batches"] == 2
+    masks = prune_at_init(mixed_state_model(), name, 0.5, loader, num_batches=1,
+                          criterion_options={"steps": 2} if name == "iter_snip" else {})
+    assert masks.metadata["num_batches"] == 1
+
+
 @pytest.mark.parametrize("name", list_criteria())
 def test_scoring_has_no_side_effects(name):
     model = mixed_state_model()

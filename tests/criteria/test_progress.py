@@ -12,7 +12,7 @@ from torch import nn
 from transformers.utils import logging as hf_logging
 
 import autosparse_hf as A
-from autosparse_hf.criteria import synflow
+from autosparse_hf.criteria import progress
 from autosparse_hf.criteria.autos import AutoSCriterion
 from autosparse_hf.criteria.synflow import SynFlowCriterion
 from autosparse_hf.predictor import AutoSConfig, AutoSModel
@@ -62,15 +62,15 @@ def test_progress_true_shows_the_bar_and_false_hides_it(capsys):
 
 @pytest.mark.usefixtures("bars_enabled")
 def test_by_default_a_bar_shows_only_for_scoring_longer_than_the_delay(capsys, monkeypatch):
-    assert synflow.PROGRESS_DELAY_S >= 1.0
+    assert progress.PROGRESS_DELAY_S >= 1.0
     assert "SynFlow rounds" not in synflow_stderr(capsys, None)  # milliseconds: no bar
-    monkeypatch.setattr(synflow, "PROGRESS_DELAY_S", 0.0)  # as if scoring took longer than the delay
+    monkeypatch.setattr(progress, "PROGRESS_DELAY_S", 0.0)  # as if scoring took longer than the delay
     assert "SynFlow rounds" in synflow_stderr(capsys, None)
     assert "autos tensors" in autos_stderr(capsys, None)
 
 
 def test_by_default_transformers_progress_switch_silences_the_bar(capsys, monkeypatch):
-    monkeypatch.setattr(synflow, "PROGRESS_DELAY_S", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_DELAY_S", 0.0)
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:

@@ -101,3 +101,46 @@ def test_timm_zero_initialized_blocks_are_scored_not_tied(criterion, monkeypatch
     if criterion != "synflow":  # SynFlow may genuinely rank a shortcut lowest (then the collapse warning says so)
         masks = A.prune_at_init(copy.deepcopy(net), criterion, 0.9, batch)
         assert min(masks.layer_density().values()) > 0.0
+
+
+class ZeroHeadMLP(torch.nn.Module):
+    """A body and a zero-initialized classifier head, as timm's MLP-Mixer builds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Linear(8, 16)
+        self.head = torch.nn.Linear(16, 3)
+        torch.nn.init.zeros_(self.head.weight)
+
+    def forward(self, pixel_values, labels=None):
+        logits = self.head(torch.relu(self.body(pixel_values)))
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits}
+
+
+@pytest.mark.parametrize("criterion", ["snip", "grasp", "force", "synflow"])
+def test_a_zero_initialized_head_is_scored_as_default_initialized(criterion, caplog):
+    model = ZeroHeadMLP()
+    batch = [{"pixel_values": torch.randn(6, 8), "labels": torch.tensor([0, 1, 2, 0, 1, 2])}]
+    with caplog.at_level(logging.INFO, logger="autosparse_hf"):
+        scores = A.compute_scores(model, criterion, dataloader=batch, sparsity=0.9, **(
+            {"steps": 3} if criterion == "force" else {"rounds": 3} if criterion == "synflow" else {}))
+    # Without the treatment every score is exactly 0 (nothing upstream of a zero head has a gradient).
+    assert bool((scores["body.weight"] > 0).any()) and bool((scores["head.weight"] > 0).any())
+    assert "['head.weight'] default-initialized" in caplog.text
+    assert not bool(model.head.weight.any())  # the model is left as it was
+    masks = A.prune_at_init(ZeroHeadMLP(), criterion, 0.9, batch,
+                            criterion_options={"steps": 3} if criterion == "force" else {})
+    assert masks["head.weight"].any() and masks["body.weight"].any()
+
+
+def test_a_tensor_zero_because_it_is_pruned_is_not_revived():
+    model = ZeroHeadMLP()
+    torch.nn.init.normal_(model.head.weight)
+    existing = {"body.weight": torch.ones(16, 8, dtype=torch.bool), "head.weight": torch.zeros(3, 16, dtype=torch.bool)}
+    with torch.no_grad():
+        model.head.weight.zero_()
+    batch = [{"pixel_values": torch.randn(6, 8), "labels": torch.tensor([0, 1, 2, 0, 1, 2])}]
+    scores = A.compute_scores(model, "snip", dataloader=batch, existing=existing)
+    assert not bool(scores["head.weight"].any()) and not bool(scores["body.weight"].any())

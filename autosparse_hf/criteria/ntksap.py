@@ -1,0 +1,379 @@
+"""NTK-SAP: iterative, data-free pruning that keeps the NTK spectrum (Wang, Li & Sun, ICLR 2023, arXiv 2304.02840)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..allocation.base import ExplicitCounts
+from ..families import ModelFamily, PrunableParameter
+from ..gradients import take_batches
+from ..masks import num_to_keep
+from ..masks.topk import top_count
+from .base import Criterion, ScoringContext, register_criterion
+from .progress import scoring_progress
+
+logger = logging.getLogger(__name__)
+
+
+@register_criterion
+@dataclass
+class NTKSAPCriterion(Criterion):
+    """Neural Tangent Kernel Spectrum-Aware Pruning, iterative with an exponential schedule, data-free.
+
+    The trace of the fixed-weight NTK, ``||J_theta f(X)||_F^2``, is estimated by finite differences,
+    ``E_dtheta ||f(X; theta) - f(X; theta + dtheta)||^2`` with ``dtheta ~ N(0, epsilon^2 I)``. Written with a mask
+    ``m`` on the prunable weights, the saliency of a weight is how much that estimate changes when it is removed::
+
+        S(m) = sum_samples || f(X; theta * m) - f(X; (theta + dtheta) * m) ||^2,   score = | dS / dm |  at m = mask
+
+    summed over ``num_samples`` draws of the random input ``X`` (``batch_size`` standard normal examples: the
+    input is data-free; a dataloader, if given, only fixes the example shape, as for SynFlow), of ``dtheta`` and
+    (``resample_weights``) of the weights ``theta``; the sign is dropped after summing, as in the official code.
+    Only the prunable weights are masked, perturbed and re-drawn; biases, normalization and embedding parameters keep
+    their values. Over ``rounds`` rounds the density goes ``d^(k / rounds)``, k = 1..rounds, towards the target
+    density ``d`` (``1 - ScoringContext.sparsity``), re-scoring the surviving weights each round.
+
+    Multi-sampling (``resample_weights=True``, the paper's "weight-agnostic" estimate): each draw uses fresh weights,
+    every prunable tensor drawn from ``N(0, sigma^2)`` with ``sigma`` the root mean square of the tensor's own values
+    at scoring time (over the weights ``existing`` keeps; ``1 / sqrt(fan_in)`` should they all be zero, which
+    ``compute_scores``'s revival of all-zero tensors leaves only for tensors zeroed but not masked). The
+    official code calls the model's ``_initialize_weights`` instead (Kaiming normal), which has no counterpart across
+    model families (timm, transformers and plain torch initialize differently and through the global RNG); a
+    zero-mean normal with each tensor's own variance keeps what the analytic NTK that multi-sampling estimates
+    depends on (the per-layer weight variance of i.i.d. zero-mean initializations) and needs nothing model-specific.
+    ``resample_weights=False`` keeps the model's own weights in every draw (the fixed-weight NTK; ``X`` and
+    ``dtheta`` are still re-drawn). Either way the model's weights are never modified: the masked and perturbed
+    weights are substituted with ``torch.func.functional_call``.
+
+    Batch norm: the passes run in eval mode (dropout off), with running statistics. With ``calibrate_norm`` (the
+    official code's behaviour) those statistics are first set, for every draw, to the statistics of the draw's random
+    batch through the unperturbed masked network (one no-grad forward pass with only the batch-norm layers in train
+    mode and momentum 1); the perturbed network uses the same statistics. Without it the stored running statistics are
+    used as they are (at initialization, mean 0 and variance 1: no normalization). compute_scores restores the
+    statistics afterwards.
+
+    Random draws come from a ``torch.Generator`` on the model's device seeded with ``seed``, per round and per sample
+    in this order: the input ``X`` (one ``randn`` per floating input tensor, shape ``(batch_size, *example_shape)``),
+    then, with ``resample_weights``, one standard normal per prunable tensor in parameter order (times ``sigma``),
+    then one standard normal per prunable tensor in parameter order (times ``epsilon``, the perturbation).
+
+    The returned scores (float64) encode the whole procedure so that a global top-k at the target sparsity
+    reproduces the iterative mask exactly, as SynFlow's do: a weight removed in round ``r`` scores
+    ``r - 1 + 0.5 * s_r / max(s_r)``, a survivor scores ``rounds + s / max(s)`` (its last saliency), a weight already
+    pruned (``ScoringContext.existing`` False) scores ``-1``. Each round keeps the ``count`` best survivors
+    (:func:`autosparse_hf.masks.topk.top_count`: ties in parameter order, then position, as ``select_masks`` breaks
+    them), ``count = round(N * d^(k / rounds))`` (at least the final count, at most the survivors), and exactly
+    ``num_to_keep(N, sparsity)`` in the last round. Inside layer budgets fixed before scoring (``budgets`` or
+    ``ScoringContext.budgets``) every tensor follows its own schedule ``round(n * (c / n)^(k / rounds))`` towards its
+    count ``c``, as SynFlow does, so a per-tensor top-k of ``c`` reproduces the final round's mask.
+
+    Cost: ``rounds * num_samples`` times two forward passes and one backward pass on ``batch_size`` random examples
+    (plus one no-grad forward pass to calibrate batch norm, when the model has batch norm and ``calibrate_norm``).
+
+    Why NTK-SAP and not PHEW (Patil & Dovrolis 2021) as the second data-free, iterative criterion: PHEW builds the
+    mask from biased random walks over an explicit graph of units (input neurons / channels to output ones, one layer
+    to the next, edges weighted by ``|w|``), which a library has to extract from the model: it does not exist as such
+    for grouped or depthwise convolutions, residual sums, attention (a product of two activations) or arbitrary
+    modules. NTK-SAP needs no graph: only the model as a differentiable function, evaluated twice per draw (two
+    forward passes) and differentiated once with autograd (one backward pass) with respect to a mask on the
+    prunable weights, whatever modules lie between them. (It is not forward-only: the mask gradient is one backward
+    pass; getting it from forward passes alone would take one per weight.)
+
+    Paper defaults, from the official code (github.com/YiteWang/NTK-SAP: ``--ntksap_epsilon 0.01``, its example
+    script ``--prune-epochs 20 --ntksap_R 5``, a pruning set of ten examples per class, e.g. 100 for CIFAR-10, in
+    one batch of at most 256): ``epsilon=0.01``, ``rounds=20`` (the CIFAR-10 setting; CIFAR-100 and Tiny-ImageNet
+    used 100), ``num_samples=5``, ``batch_size=100``.
+
+    Args:
+        rounds: Pruning iterations ``T``.
+        epsilon: Standard deviation of the weight perturbation ``dtheta`` (absolute, as in the paper).
+        num_samples: Draws of ``(X, theta, dtheta)`` per round (the paper's ``R``).
+        batch_size: Random examples per draw.
+        resample_weights: Fresh random weights in every draw (multi-sampling), else the model's own.
+        calibrate_norm: Batch-norm statistics of each draw's random batch, else the stored running statistics.
+        seed: Seed of the generator of all random draws (the scores are deterministic given it).
+        budgets: Kept weights per tensor at the target sparsity, fixed with the criterion (then they are its default
+            layer budgets); ``None`` to use the allocation's counts, or one global threshold without them.
+        progress: ``True`` shows a ``tqdm`` bar over the rounds, ``False`` never; ``None`` (default) as SynFlow's
+            (transformers' progress-bar switch, shown once scoring has taken a couple of seconds).
+
+    Example:
+        ```python
+        >>> masks = prune_at_init(model, "ntksap", 0.9, criterion_options={"rounds": 20, "num_samples": 5})
+        ```
+    """
+
+    name = "ntksap"
+    rounds: int = 20
+    epsilon: float = 0.01
+    num_samples: int = 5
+    batch_size: int = 100
+    resample_weights: bool = True
+    calibrate_norm: bool = True
+    seed: int = 0
+    budgets: dict[str, int] | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        for option in ("rounds", "num_samples", "batch_size"):
+            value = getattr(self, option)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
+        if (
+            not isinstance(self.epsilon, numbers.Real)
+            or isinstance(self.epsilon, bool)
+            or not math.isfinite(float(self.epsilon))
+            or float(self.epsilon) <= 0.0
+        ):
+            raise ValueError(f"epsilon must be a finite number > 0, got {self.epsilon!r}")
+        for option in ("resample_weights", "calibrate_norm"):
+            if not isinstance(getattr(self, option), bool):
+                raise ValueError(f"{option} must be True or False, got {getattr(self, option)!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise ValueError(f"progress must be True, False or None, got {self.progress!r}")
+        if self.budgets is not None:
+            if not isinstance(self.budgets, Mapping) or not all(
+                isinstance(n, str) and _is_int(c) and c >= 0 for n, c in self.budgets.items()
+            ):
+                raise ValueError(
+                    f"budgets must map parameter names to kept counts (integers >= 0), got {self.budgets!r}"
+                )
+
+    def default_budgets(self) -> Any:
+        return ExplicitCounts(dict(self.budgets)) if self.budgets is not None else "global"
+
+    # ------------------------------------------------------------------------------------------------- scoring
+    def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
+        model, params, family = context.model, context.params, context.family
+        started = time.perf_counter()
+        batch = take_batches(context.dataloader, 1, "ntksap")[0] if context.dataloader is not None else None
+        template = family.synflow_inputs(model, batch)  # only the shape and dtype of one example are read
+        budgets = self._resolve_budgets(params, context.budgets)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        alive_mask = {
+            n: (context.existing[n].bool().to(p.param.device) if context.existing is not None
+                else torch.ones_like(p.param, dtype=torch.bool))
+            for n, p in params.items()
+        }
+        sigma = _resample_stds(params, alive_mask) if self.resample_weights else {}
+        result = {n: torch.where(alive_mask[n], 0.0, -1.0).to(torch.float64).contiguous() for n in params}
+        alive = {n: torch.nonzero(m.reshape(-1)).squeeze(1) for n, m in alive_mask.items()}
+        del alive_mask
+        device = next(iter(params.values())).param.device
+        generator = torch.Generator(device=device).manual_seed(int(self.seed))
+        call = _FamilyCall(model, family)
+        norms = _batch_norms(model) if self.calibrate_norm else []
+        momenta = [m.momentum for m in norms]
+        total = sum(p.param.numel() for p in params.values())
+        target_density = 1.0 - context.sparsity
+        bar = scoring_progress(self.rounds, "NTK-SAP rounds", self.progress, unit="round")
+        try:
+            for m in norms:
+                m.momentum = 1.0
+            for k in range(1, self.rounds + 1):
+                saliency = self._saliency(call, params, alive, sigma, template, generator, norms, k)
+                survivors = {n: saliency[n].reshape(-1).index_select(0, alive[n]).to(torch.float64) for n in params}
+                keeps = self._select_round(
+                    params, survivors, alive, budgets, k, target_density, total, context.sparsity
+                )
+                peak = max((float(s.max()) for s in survivors.values() if s.numel()), default=0.0) or 1.0
+                for n in params:
+                    keep = keeps[n]
+                    removed = alive[n][~keep]
+                    result[n].view(-1)[removed.to(result[n].device)] = (k - 1) + 0.5 * survivors[n][~keep] / peak
+                    alive[n] = alive[n][keep]
+                    if k == self.rounds:
+                        result[n].view(-1)[alive[n].to(result[n].device)] = self.rounds + survivors[n][keep] / peak
+                bar.update(1)
+        finally:
+            bar.close()
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            model.eval()
+        logger.info(
+            "ntksap: %d rounds x %d samples x %d random examples over %d weights in %.1f s",
+            self.rounds, self.num_samples, self.batch_size, total, time.perf_counter() - started,
+        )
+        return result
+
+    def _resolve_budgets(
+        self, params: dict[str, PrunableParameter], context_budgets: Mapping[str, int] | None
+    ) -> dict[str, int] | None:
+        budgets = self.budgets if self.budgets is not None else context_budgets
+        if budgets is None:
+            return None
+        missing = sorted(set(params) - set(budgets))
+        if missing:
+            raise ValueError(f"budgets lack prunable tensors {missing}")
+        for n, p in params.items():
+            count = budgets[n]
+            if not _is_int(count) or not 0 <= count <= p.param.numel():
+                raise ValueError(f"budgets[{n!r}] must be an integer in [0, {p.param.numel()}], got {count!r}")
+        return {n: int(budgets[n]) for n in params}
+
+    def _saliency(
+        self,
+        call: _FamilyCall,
+        params: dict[str, PrunableParameter],
+        alive: dict[str, torch.Tensor],
+        sigma: dict[str, float],
+        template: Mapping[str, Any],
+        generator: torch.Generator,
+        norms: list[nn.Module],
+        k: int,
+    ) -> dict[str, torch.Tensor]:
+        """``|sum over samples of dS/dm|`` for round ``k``, whole tensors (the signed gradients are summed first)."""
+        device = generator.device
+        total: dict[str, torch.Tensor] = {n: torch.zeros_like(p.param, dtype=p.param.dtype) for n, p in params.items()}
+        for _ in range(self.num_samples):
+            inputs = _random_inputs(template, self.batch_size, generator)
+            if self.resample_weights:
+                theta = {
+                    n: (torch.randn(p.param.shape, generator=generator, device=device, dtype=p.param.dtype)
+                        .mul_(sigma[n]).to(p.param.device))
+                    for n, p in params.items()
+                }
+            else:
+                theta = {n: p.param.detach() for n, p in params.items()}
+            delta = {
+                n: (torch.randn(p.param.shape, generator=generator, device=device, dtype=p.param.dtype)
+                    .mul_(self.epsilon).to(p.param.device))
+                for n, p in params.items()
+            }
+            masks = {}
+            for n, p in params.items():
+                mask = torch.zeros(p.param.numel(), dtype=p.param.dtype, device=p.param.device)
+                mask[alive[n]] = 1.0
+                masks[n] = mask.reshape(p.param.shape).requires_grad_(True)
+            if norms:
+                self._calibrate(call, norms, {n: theta[n] * masks[n].detach() for n in params}, inputs)
+            clean = call.run({n: theta[n] * masks[n] for n in params}, inputs)
+            perturbed = call.run({n: (theta[n] + delta[n]) * masks[n] for n in params}, inputs)
+            objective = (clean - perturbed).pow(2).sum()
+            if not math.isfinite(float(objective.detach())):
+                raise ValueError(
+                    f"ntksap: the output difference is not finite in round {k} (the random input or weights overflow "
+                    "the model); try a smaller epsilon, calibrate_norm=True or resample_weights=False"
+                )
+            grads = torch.autograd.grad(objective, list(masks.values()), allow_unused=True)
+            for n, grad in zip(params, grads, strict=True):
+                if grad is not None:
+                    total[n] += grad
+        bad = [n for n, g in total.items() if not bool(torch.isfinite(g.reshape(-1).index_select(0, alive[n])).all())]
+        if bad:
+            raise ValueError(f"ntksap: non-finite saliencies in round {k} for {bad}")
+        return {n: g.abs_() for n, g in total.items()}
+
+    @staticmethod
+    def _calibrate(
+        call: _FamilyCall, norms: list[nn.Module], weights: dict[str, torch.Tensor], inputs: dict[str, Any]
+    ) -> None:
+        """Set the batch-norm running statistics to those of ``inputs`` through the masked network (momentum 1)."""
+        for m in norms:
+            m.train()
+        try:
+            with torch.no_grad():
+                call.run(weights, inputs)
+        except ValueError as error:
+            raise ValueError(
+                f"ntksap: calibrating batch norm on the random batch failed ({error}); use a larger batch_size or "
+                "calibrate_norm=False"
+            ) from error
+        finally:
+            for m in norms:
+                m.eval()
+
+    def _select_round(
+        self,
+        params: dict[str, PrunableParameter],
+        survivors: dict[str, torch.Tensor],
+        alive: dict[str, torch.Tensor],
+        budgets: dict[str, int] | None,
+        k: int,
+        target_density: float,
+        total: int,
+        sparsity: float,
+    ) -> dict[str, torch.Tensor]:
+        """Which survivors round ``k`` keeps: one boolean per entry of ``survivors[name]``."""
+        n_alive = {n: a.numel() for n, a in alive.items()}
+        if budgets is None:
+            final = num_to_keep(total, sparsity)
+            count = final if k == self.rounds else round(total * target_density ** (k / self.rounds))
+            count = min(max(count, final), sum(n_alive.values()))
+            flat = torch.cat([survivors[n] for n in params])
+            kept = top_count(flat, count)
+            return dict(zip(params, torch.split(kept, [n_alive[n] for n in params]), strict=True))
+        keeps = {}
+        for n, p in params.items():
+            numel, final = p.param.numel(), budgets[n]
+            count = final if k == self.rounds else round(numel * (final / numel) ** (k / self.rounds))
+            keeps[n] = top_count(survivors[n], min(max(count, final), n_alive[n]))
+        return keeps
+
+
+class _FamilyCall(nn.Module):
+    """The family's forward pass (``synflow_output``) as a module, so ``functional_call`` can substitute weights."""
+
+    def __init__(self, model: nn.Module, family: ModelFamily) -> None:
+        super().__init__()
+        self.model = model
+        self.family = family
+
+    def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
+        return self.family.synflow_output(self.model, inputs)
+
+    def run(self, weights: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
+        """The output with the prunable weights replaced by ``weights`` (tied aliases follow)."""
+        return functional_call(self, {f"model.{n}": w for n, w in weights.items()}, (inputs,), strict=False)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _batch_norms(model: nn.Module) -> list[nn.Module]:
+    """Batch-norm layers (any ``_BatchNorm``, timm's ``BatchNormAct2d`` included) that keep running statistics."""
+    return [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None
+    ]
+
+
+def _resample_stds(params: dict[str, PrunableParameter], alive: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per tensor, the root mean square of the weights ``alive`` keeps; ``1 / sqrt(fan_in)`` where that is 0."""
+    stds = {}
+    for n, p in params.items():
+        kept = torch.masked_select(p.param.detach().double(), alive[n])
+        rms = float(kept.pow(2).mean().sqrt()) if kept.numel() else 0.0
+        stds[n] = rms if rms > 0.0 and math.isfinite(rms) else 1.0 / math.sqrt(max(p.fan_in, 1))
+    return stds
+
+
+def _random_inputs(template: Mapping[str, Any], batch_size: int, generator: torch.Generator) -> dict[str, Any]:
+    """Standard normal inputs shaped like ``template``'s first example, ``batch_size`` of them."""
+    inputs: dict[str, Any] = {}
+    for key, value in template.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            shape = (batch_size, *value.shape[1:])
+            inputs[key] = torch.randn(
+                shape, generator=generator, device=generator.device, dtype=value.dtype
+            ).to(value.device)
+        elif isinstance(value, torch.Tensor) and value.dim() > 0:
+            inputs[key] = value[:1].expand(batch_size, *value.shape[1:])
+        else:
+            inputs[key] = value
+    return inputs
