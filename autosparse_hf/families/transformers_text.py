@@ -44,7 +44,15 @@ class TransformersTextFamily(ModelFamily):
         batch = as_batch_dict(batch, self.input_name) if batch is not None else None
         length = batch["input_ids"].shape[1] if batch is not None and "input_ids" in batch else self._length(model)
         hidden = model.get_input_embeddings().embedding_dim
-        return {"inputs_embeds": torch.ones(1, length, hidden, device=model_device(model), dtype=model_dtype(model))}
+        ones = {"device": model_device(model), "dtype": model_dtype(model)}
+        inputs = {"inputs_embeds": torch.ones(1, length, hidden, **ones)}
+        if getattr(model.config, "is_encoder_decoder", False):
+            # The decoder (T5, BART) needs a signal of its own: without it the model would build decoder inputs from
+            # labels or fail, and the decoder's and the head's weights would get no SynFlow signal.
+            target = next((batch[k] for k in ("decoder_input_ids", "labels") if batch is not None and k in batch), None)
+            decoder_length = target.shape[1] if target is not None and target.dim() == 2 else length
+            inputs["decoder_inputs_embeds"] = torch.ones(1, decoder_length, hidden, **ones)
+        return inputs
 
     def synflow_output(self, model: nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
         return extract_logits(model(**inputs))

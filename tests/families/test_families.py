@@ -300,3 +300,22 @@ def test_a_single_pattern_string_is_one_pattern_not_characters():
     # "*bias" as characters would contain "*", which matches the LayerNorm's weight too.
     assert set(get_prunable_parameters(model, include="*bias")) == {"0.weight", "0.bias", "1.bias", "2.weight", "2.bias"}
     assert IRPConfig(exclude="fc3.weight").exclude == ["fc3.weight"]
+
+
+@pytest.mark.parametrize("config_class", ["T5Config", "BartConfig"])
+def test_encoder_decoders_get_a_synflow_signal_in_the_decoder_too(config_class):
+    import transformers
+
+    config = getattr(transformers, config_class)(
+        vocab_size=50, d_model=16, d_ff=32, d_kv=4, num_layers=1, num_decoder_layers=1, num_heads=2,
+        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32, decoder_start_token_id=0, pad_token_id=0,
+    )
+    model_class = "T5ForConditionalGeneration" if config_class == "T5Config" else "BartForConditionalGeneration"
+    model = getattr(transformers, model_class)(config)
+    batch = {"input_ids": torch.randint(1, 50, (2, 7)), "labels": torch.randint(1, 50, (2, 5))}
+    inputs = get_family(model).synflow_inputs(model, batch)
+    assert inputs["inputs_embeds"].shape[1] == 7 and inputs["decoder_inputs_embeds"].shape[1] == 5
+    scores = compute_scores(model, "synflow", dataloader=[batch], sparsity=0.5, rounds=2)
+    decoder = [n for n in scores if ".decoder." in f".{n}" or n.startswith("decoder.")]
+    assert decoder and all(bool(scores[n].gt(0).any()) for n in decoder), decoder

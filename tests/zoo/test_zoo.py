@@ -53,12 +53,7 @@ SYNFLOW_ROUNDS = 20
 ARTIFACT_MODELS = ["mobilenetv3_small_050", "gpt2", "small_cnn"]
 
 # Known failures outside the zoo's files, strict: each test starts failing (XPASS) the day it is fixed.
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("t5", "synflow"): "TransformersTextFamily.synflow_inputs gives encoder inputs_embeds only; the decoder gets none",
-    ("bart", "synflow"): "TransformersTextFamily.synflow_inputs gives encoder inputs_embeds only; the decoder gets none",
-    ("t5", "ntksap"): "TransformersTextFamily.synflow_inputs gives encoder inputs_embeds only; the decoder gets none",
-    ("bart", "ntksap"): "TransformersTextFamily.synflow_inputs gives encoder inputs_embeds only; the decoder gets none",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def _param(entry: ZooModel, criterion: str) -> object:
