@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,8 @@ class PaICallback(MaskEnforcingCallback):
             logger.info("resumed the masks of %s", checkpoint / CHECKPOINT_MASK_DIR)
         else:
             start = time.perf_counter()
-            self.masks = self.compute_masks(model, self.dataloader or kwargs.get("train_dataloader"))
+            with _progress_bars(enabled=not args.disable_tqdm):
+                self.masks = self.compute_masks(model, self.dataloader or kwargs.get("train_dataloader"))
             # The Trainer's train_runtime includes this; the logs report it apart so training time can be told.
             self.pruning_seconds = time.perf_counter() - start
         self.enforce(model, self.masks)
@@ -134,6 +136,23 @@ class PaICallback(MaskEnforcingCallback):
         if self.masks is not None and state.is_world_process_zero:
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", CHECKPOINT_MASK_DIR)
             self.masks.save_pretrained(folder)
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Scoring bars follow ``TrainingArguments.disable_tqdm``: with it, transformers' progress-bar switch (which the
+    criteria's ``progress=None`` follows) is off while pruning, and restored after. An explicit ``progress=True``
+    criterion option still shows its bar."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled and was:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not enabled and was:
+            hf_logging.enable_progress_bar()
 
 
 def _zero_share(model: nn.Module | None, masks: MaskSet) -> float:

@@ -141,3 +141,19 @@ def test_logged_sparsity_counts_the_zeros_in_the_model(tmp_path):
     zeros = sum(int((p.detach() == 0).sum()) for n, p in model.named_parameters() if n in callback.masks)
     logged = trainer.state.log_history[-1]["sparsity"]
     assert logged == pytest.approx(zeros / callback.masks.numel, abs=1e-6) and logged > callback.masks.sparsity
+
+
+@pytest.mark.parametrize("disable_tqdm", [True, False])
+def test_scoring_bars_follow_the_trainers_disable_tqdm(tmp_path, capsys, monkeypatch, disable_tqdm):
+    from transformers.utils import logging as hf_logging
+
+    from autosparse_hf.criteria import progress
+
+    monkeypatch.setattr(progress, "PROGRESS_DELAY_S", 0.0)  # as if scoring were long enough for a bar
+    hf_logging.enable_progress_bar()
+    callback = PaICallback("synflow", sparsity=0.5, criterion_options={"rounds": 3})
+    trainer, _ = make_trainer(build_model(), callback, str(tmp_path), max_steps=1)
+    trainer.args.disable_tqdm = disable_tqdm
+    trainer.train()
+    assert ("SynFlow rounds" in capsys.readouterr().err) is not disable_tqdm
+    assert hf_logging.is_progress_bar_enabled()  # restored after pruning
