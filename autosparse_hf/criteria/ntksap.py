@@ -99,6 +99,11 @@ class NTKSAPCriterion(Criterion):
         epsilon: Standard deviation of the weight perturbation ``dtheta`` (absolute, as in the paper).
         num_samples: Draws of ``(X, theta, dtheta)`` per round (the paper's ``R``).
         batch_size: Random examples per draw.
+        micro_batch_size: Examples per forward/backward pass (``None``: the whole draw at once). The objective is a
+            sum over examples and batch norm is in eval mode (on calibrated or stored statistics) when it is
+            evaluated, so splitting a draw gives the same gradient (up to the order of float additions) with peak
+            memory of one micro-batch: what lets token models, whose output is ``sequence x vocabulary`` per example,
+            be scored (GPT-2 small: 128 x 50257 logits per example).
         resample_weights: Fresh random weights in every draw (multi-sampling), else the model's own.
         calibrate_norm: Batch-norm statistics of each draw's random batch, else the stored running statistics.
         seed: Seed of the generator of all random draws (the scores are deterministic given it).
@@ -118,6 +123,7 @@ class NTKSAPCriterion(Criterion):
     epsilon: float = 0.01
     num_samples: int = 5
     batch_size: int = 100
+    micro_batch_size: int | None = None
     resample_weights: bool = True
     calibrate_norm: bool = True
     seed: int = 0
@@ -129,6 +135,8 @@ class NTKSAPCriterion(Criterion):
             value = getattr(self, option)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
+        if self.micro_batch_size is not None and (not _is_int(self.micro_batch_size) or self.micro_batch_size < 1):
+            raise ValueError(f"micro_batch_size must be an integer >= 1 or None, got {self.micro_batch_size!r}")
         if (
             not isinstance(self.epsilon, numbers.Real)
             or isinstance(self.epsilon, bool)
@@ -261,18 +269,20 @@ class NTKSAPCriterion(Criterion):
                 masks[n] = mask.reshape(p.param.shape).requires_grad_(True)
             if norms:
                 self._calibrate(call, norms, {n: theta[n] * masks[n].detach() for n in params}, inputs)
-            clean = call.run({n: theta[n] * masks[n] for n in params}, inputs)
-            perturbed = call.run({n: (theta[n] + delta[n]) * masks[n] for n in params}, inputs)
-            objective = (clean - perturbed).pow(2).sum()
-            if not math.isfinite(float(objective.detach())):
-                raise ValueError(
-                    f"ntksap: the output difference is not finite in round {k} (the random input or weights overflow "
-                    "the model); try a smaller epsilon, calibrate_norm=True or resample_weights=False"
-                )
-            grads = torch.autograd.grad(objective, list(masks.values()), allow_unused=True)
-            for n, grad in zip(params, grads, strict=True):
-                if grad is not None:
-                    total[n] += grad
+            for chunk in _micro_batches(inputs, self.batch_size, self.micro_batch_size or self.batch_size):
+                clean = call.run({n: theta[n] * masks[n] for n in params}, chunk)
+                perturbed = call.run({n: (theta[n] + delta[n]) * masks[n] for n in params}, chunk)
+                objective = (clean - perturbed).pow(2).sum()
+                if not math.isfinite(float(objective.detach())):
+                    raise ValueError(
+                        f"ntksap: the output difference is not finite in round {k} (the random input or weights "
+                        "overflow the model); try a smaller epsilon, calibrate_norm=True or resample_weights=False"
+                    )
+                grads = torch.autograd.grad(objective, list(masks.values()), allow_unused=True)
+                for n, grad in zip(params, grads, strict=True):
+                    if grad is not None:
+                        total[n] += grad
+                del clean, perturbed, objective, grads
         bad = [n for n, g in total.items() if not bool(torch.isfinite(g.reshape(-1).index_select(0, alive[n])).all())]
         if bad:
             raise ValueError(f"ntksap: non-finite saliencies in round {k} for {bad}")
@@ -377,3 +387,16 @@ def _random_inputs(template: Mapping[str, Any], batch_size: int, generator: torc
         else:
             inputs[key] = value
     return inputs
+
+
+def _micro_batches(inputs: dict[str, Any], batch_size: int, size: int) -> list[dict[str, Any]]:
+    """``inputs`` split along the batch dimension into pieces of at most ``size`` examples (one piece if it fits)."""
+    if size >= batch_size:
+        return [inputs]
+    pieces = []
+    for start in range(0, batch_size, size):
+        pieces.append({
+            key: value[start : start + size] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
+            for key, value in inputs.items()
+        })
+    return pieces

@@ -419,3 +419,16 @@ def test_bad_options_name_the_option(option, value):
 def test_unknown_option_lists_the_options():
     with pytest.raises(ValueError, match="epsilon"):
         get_criterion("ntksap", eps=0.1)
+
+
+def test_micro_batches_give_the_same_scores_as_whole_draws():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 3))
+    model.example_input_shape = (6,)
+    whole = compute_scores(model, "ntksap", sparsity=0.8, rounds=2, num_samples=2, batch_size=10)
+    split = compute_scores(model, "ntksap", sparsity=0.8, rounds=2, num_samples=2, batch_size=10, micro_batch_size=3)
+    for n in whole:
+        assert torch.allclose(whole[n], split[n], rtol=1e-4, atol=1e-6), n
+    assert select_masks(whole, 0.8).num_kept == select_masks(split, 0.8).num_kept
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        get_criterion("ntksap", micro_batch_size=0)
