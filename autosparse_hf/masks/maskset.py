@@ -55,9 +55,16 @@ def atomic_write_dir(target: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def commit_dir(target: Path, tmp: Path) -> None:
-    """Move the files of ``tmp`` into ``target`` (created if needed), each by an atomic rename."""
-    target.mkdir(parents=True, exist_ok=True)
-    for item in tmp.iterdir():
+    """Move ``tmp`` into place as ``target``: by one atomic rename of the folder when ``target`` does not exist yet,
+    else file by file (each an atomic rename, in name order) into the existing ``target``.
+
+    The single rename leaves nothing behind at any point: a kill after it leaves no empty temporary folder inside
+    the folder that holds ``target`` (a checkpoint resumed later would keep it for ever).
+    """
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    for item in sorted(tmp.iterdir()):
         os.replace(item, target / item.name)
     tmp.rmdir()
 

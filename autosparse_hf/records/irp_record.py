@@ -199,7 +199,8 @@ class IRPRecord:
 
         Raises:
             FileNotFoundError: ``irp_run.json`` or ``irp_record.safetensors`` is missing (an unfinished run).
-            ValueError: another record format, or tensors that do not match the layers the run file lists.
+            ValueError: another record format, tensors that do not match the layers the run file lists, or a float
+                tensor (``w0``, ``g0``, ``input_std``) holding NaN or infinity (naming the file and the tensor).
         """
         folder = resolve_run_folder(path)
         info = read_run_info(folder)
@@ -213,6 +214,7 @@ class IRPRecord:
             raise FileNotFoundError(f"{folder} is not a finished IRP run folder: {RECORD_FILE} is missing")
         try:
             tensors = load_file(str(record_file))
+            check_finite_tensors(tensors, record_file)
             features = features_from_tensors(tensors, info["layers"], info["feature_num_batches"])
             cycle_pruned = {n: tensors[f"cycle_pruned/{n}"] for n in features.names}
         except (KeyError, SafetensorError) as err:
@@ -236,6 +238,21 @@ class IRPRecord:
             training=dict(info.get("training") or {}),
             origin=str(folder),
         )
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` and the tensor when a floating-point tensor holds NaN or infinity (a
+    NaN ``w0`` would otherwise rank as a ticket, a NaN ``g0`` poison a predictor trained on the scores)."""
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        bad = ~torch.isfinite(tensor)
+        if bad.any():
+            first = int(bad.reshape(-1).nonzero()[0])
+            raise ValueError(
+                f"{path}: tensor {name!r} has {int(bad.sum())} non-finite value(s) (first at flat index {first}: "
+                f"{tensor.reshape(-1)[first].item()}); the IRP record is corrupt"
+            )
 
 
 def build_score_dataset_from_run(folder: str | os.PathLike[str]):  # noqa: ANN201  (datasets.Dataset)

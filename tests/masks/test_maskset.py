@@ -278,3 +278,26 @@ def test_enforcer_keeps_weights_zero_against_stale_optimizer_state():
         enforcer.zero_weights()
         for name, mask in masks.items():
             assert not params[name][~mask].any()
+
+
+def test_a_kill_right_after_the_commit_leaves_a_complete_folder_and_no_temporary_one(tmp_path, monkeypatch):
+    """A fresh folder is moved into place by one rename: whenever a kill comes, the parent holds either nothing or the
+    complete folder, never an (empty) temporary folder that a resumed checkpoint would keep for ever."""
+    from autosparse_hf.masks import maskset
+
+    class Killed(Exception):
+        pass
+
+    real_replace = os.replace
+
+    def replace_then_die(src, dst):  # noqa: ANN001, ANN202
+        real_replace(src, dst)
+        raise Killed  # the process dies right after the first rename of the commit
+
+    monkeypatch.setattr(maskset.os, "replace", replace_then_die)
+    with pytest.raises(Killed):
+        hand_made().save_pretrained(tmp_path / "masks")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["masks"]
+    loaded = MaskSet.from_pretrained(tmp_path / "masks")
+    assert all(torch.equal(loaded[n], hand_made()[n]) for n in loaded)

@@ -185,7 +185,11 @@ def test_an_in_memory_predictor_with_nan_weights_is_refused() -> None:
         load_predictor(model)
 
 
-def test_train_autos_refuses_to_save_a_predictor_with_nan_weights(tmp_path: Path) -> None:
+def test_train_autos_refuses_to_save_a_predictor_with_nan_weights(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from autosparse_hf.predictor import training
+
+    # Non-finite rows are refused before training now; without that check, the predictor guard must still hold.
+    monkeypatch.setattr(training, "check_score_dataset", lambda dataset, source: None)
     _, _, _, dataset, _ = synthetic_run(seed=0)
     table = dataset.data.table
     w0 = table.column("w0").to_numpy().copy()
@@ -206,3 +210,48 @@ def test_a_missing_folder_is_named_not_blamed_on_the_hub(path):
 
     with pytest.raises(FileNotFoundError, match="no such AutoS predictor folder"):
         AutoSCallback(predictor=path)
+
+
+def _with_column(dataset: Dataset, name: str, change) -> Dataset:  # noqa: ANN001
+    """``dataset`` (schema version kept) with one row of column ``name`` changed by ``change(values)``."""
+    table = dataset.data.table
+    values = table.column(name).to_numpy().copy()
+    change(values)
+    column = pa.array(values, type=table.schema.field(name).type)
+    return Dataset(table.set_column(table.column_names.index(name), name, column), info=dataset.info.copy())
+
+
+def _in_memory_args(output_dir: Path) -> AutoSTrainingArguments:
+    return AutoSTrainingArguments(
+        output_dir=str(output_dir), eval_split="layers", epochs=1.0, batch_size=512, disable_tqdm=True,
+        target="survival", budgets="none", balance_layers=False, within_layer="predictor",
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "change", "problem"),
+    [
+        ("w0", lambda v: v.__setitem__(5, np.nan), r"column 'w0' has 1 non-finite value\(s\) \(first at row 5"),
+        ("g0", lambda v: v.__setitem__(9, np.inf), r"column 'g0' has 1 non-finite value\(s\) \(first at row 9"),
+        # A target contradicting cycle_pruned: training would learn inverted scores without a word.
+        ("surviving_score", lambda v: v.__setitem__(7, 1.0 - v[7] if v[7] != 0.5 else 0.0),
+         r"column 'surviving_score' has 1 row\(s\) that disagree with \(cycle_pruned - 1\) / cycles \(first at row 7"),
+    ],
+    ids=["nan-w0", "inf-g0", "inverted-surviving-score"],
+)
+def test_train_autos_validates_an_in_memory_dataset_like_one_from_disk(tmp_path: Path, column, change, problem) -> None:  # noqa: ANN001
+    _, _, _, dataset, _ = synthetic_run(seed=0)
+    bad = _with_column(dataset, column, change)
+    with pytest.raises(ValueError, match=rf"the in-memory dataset given to train_autos: {problem}"):
+        train_autos(_in_memory_args(tmp_path / "p"), bad)
+    assert not (tmp_path / "p").exists()  # refused before training: nothing written
+
+
+def test_train_autos_checks_the_schema_version_of_an_in_memory_dataset(tmp_path: Path) -> None:
+    _, _, _, dataset, _ = synthetic_run(seed=0)
+    info = dataset.info.copy()
+    description = json.loads(info.description)
+    info.description = json.dumps({**description, "autosparse_score_schema": 99})
+    future = Dataset(dataset.data.table, info=info)
+    with pytest.raises(ValueError, match="the in-memory dataset given to train_autos has score schema version 99"):
+        train_autos(_in_memory_args(tmp_path / "p"), future)

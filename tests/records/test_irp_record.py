@@ -94,3 +94,18 @@ def test_ticket_sources_follow_a_rewritten_folder(finished, tmp_path):
     name = next(iter(record.cycle_pruned))
     assert torch.equal(second.cycle_pruned[name], record.cycle_pruned[name])
     assert Path(second.origin) == folder
+
+
+@pytest.mark.parametrize(("prefix", "bad"), [("w0", float("nan")), ("g0", float("inf")), ("input_std", float("-inf"))])
+def test_a_non_finite_float_tensor_is_refused_naming_file_and_tensor(finished, tmp_path, prefix, bad):
+    from safetensors.torch import load_file, save_file
+
+    record = IRPRecord.from_pretrained(finished[0])
+    folder = record.save_pretrained(tmp_path / "run")
+    tensors = load_file(str(folder / RECORD_FILE))
+    name = next(k for k in tensors if k.startswith(f"{prefix}/"))
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[3] = bad
+    save_file(tensors, str(folder / RECORD_FILE))
+    with pytest.raises(ValueError, match=rf"{RECORD_FILE}: tensor '{name}' has 1 non-finite value\(s\) \(first at flat index 3"):
+        IRPRecord.from_pretrained(folder)
