@@ -45,16 +45,7 @@ def parse_recipe_args(
     also lists ``--config``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if description is None:
-        main = sys.modules.get("__main__")
-        description = getattr(main, "__doc__", None) if main is not None else None
-    parser = HfArgumentParser(
-        list(dataclass_types), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    # Listed for --help; read (and removed from argv) below, before the dataclass flags are parsed.
-    parser.add_argument(
-        "--config", metavar="FILE.yaml", help="YAML file of argument values (defaults); flags given here override it."
-    )
+    parser = recipe_parser(dataclass_types, description)
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
@@ -64,6 +55,25 @@ def parse_recipe_args(
         parser.set_defaults(**_read_config(path, parser, dataclass_types))
     parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
     return tuple(p for p in parsed if dataclasses.is_dataclass(p))
+
+
+def recipe_parser(dataclass_types: Sequence[type], description: str | None = None) -> HfArgumentParser:
+    """The ``HfArgumentParser`` of a recipe: its dataclasses' fields, ``--config FILE.yaml``, ``description`` on top.
+
+    ``description`` defaults to the docstring of the running script (``__main__``). Building it imports only what
+    the dataclasses' modules import: a recipe keeps the library's heavy modules out of its ``--help``.
+    """
+    if description is None:
+        main = sys.modules.get("__main__")
+        description = getattr(main, "__doc__", None) if main is not None else None
+    parser = HfArgumentParser(
+        list(dataclass_types), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    # Listed for --help; read (and removed from argv) by parse_recipe_args, before the dataclass flags are parsed.
+    parser.add_argument(
+        "--config", metavar="FILE.yaml", help="YAML file of argument values (defaults); flags given here override it."
+    )
+    return parser
 
 
 def _read_config(path: Path, parser: HfArgumentParser, dataclass_types: Sequence[type]) -> dict[str, Any]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from datasets import DatasetDict
-from torch import nn
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+    from torch import nn
+    from transformers import TrainerCallback, TrainingArguments
+
+# torch and transformers are imported where used: TrainRecipe is a recipe argument, and --help must stay fast.
 
 
 def world_size() -> int:
@@ -38,6 +40,9 @@ class TrainRecipe:
 
     def training_arguments(self, output_dir: str, seed: int, **overrides: Any) -> TrainingArguments:
         """``TrainingArguments`` for this recipe (SGD with momentum, no checkpoints, no reporting)."""
+        import torch
+        from transformers import TrainingArguments
+
         kwargs: dict[str, Any] = dict(
             output_dir=output_dir,
             num_train_epochs=self.epochs,
@@ -87,6 +92,8 @@ def train_and_evaluate(
 
     The metrics are those of the final epoch (never the best epoch on the test set).
     """
+    from transformers import PrinterCallback, Trainer
+
     from .tasks import compute_metrics_for_classification
 
     trainer = Trainer(

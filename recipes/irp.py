@@ -9,14 +9,20 @@ cycles.csv/.md/.png (the lottery-ticket accuracy-versus-sparsity curve), irp_run
 A killed run resumes from its last cycle checkpoint when started again with the same arguments.
 """
 
+# Only the argument dataclasses at the top (they import little): --help stays fast; the library loads in main().
 from autosparse_hf.cli import parse_recipe_args
-from autosparse_hf.irp import IRPConfig
-from autosparse_hf.irp.runner import IRPRunArguments, run_irp
+from autosparse_hf.irp.arguments import IRPRunArguments
+from autosparse_hf.irp.config import IRPConfig
 from autosparse_hf.training import TrainRecipe
+
+# The recipe's argument dataclasses, in --help order (tests/recipes build its parser from them).
+ARGUMENTS = (IRPRunArguments, IRPConfig, TrainRecipe)
 
 
 def main() -> None:
-    run, config, recipe = parse_recipe_args([IRPRunArguments, IRPConfig, TrainRecipe])
+    run, config, recipe = parse_recipe_args(ARGUMENTS)
+    from autosparse_hf.irp.runner import run_irp
+
     irp = run_irp(run, config, recipe)
     from accelerate import PartialState
 

@@ -7,15 +7,20 @@
 Writes results.csv, results.md (mean ± std test accuracy over seeds) and layers.md (per-layer densities).
 """
 
+# Only the argument dataclasses at the top: the library's runners load in main().
 from autosparse_hf.cli import parse_recipe_args
-from autosparse_hf.study.grid import PaIGridConfig, run_pai_grid
+from autosparse_hf.study.arguments import PaIGridConfig
 from autosparse_hf.training import TrainRecipe
+
+# The recipe's argument dataclasses, in --help order (tests/recipes build its parser from them).
+ARGUMENTS = (PaIGridConfig, TrainRecipe)
 
 
 def main() -> None:
-    config, recipe = parse_recipe_args([PaIGridConfig, TrainRecipe])
+    config, recipe = parse_recipe_args(ARGUMENTS)
+    from autosparse_hf.study.grid import markdown_table, run_pai_grid, summarize
+
     rows = run_pai_grid(config, recipe)
-    from autosparse_hf.study.grid import markdown_table, summarize
 
     print(markdown_table(summarize(rows)))
     print(f"\nwritten to {config.output_dir}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,55 +11,12 @@ from transformers import Trainer
 from ..checkpoints import broadcast_path, last_complete_checkpoint, remove_stale_temporaries
 from ..records import RUN_DIR, is_complete_run
 from ..training import TrainRecipe, world_size
+from .arguments import IRPRunArguments
 from .callback import IRPCallback
 from .checkpoint import is_complete
 from .config import IRPConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class IRPRunArguments:
-    """What to prune and where to write. The ``TrainRecipe`` describes one cycle (``epochs`` = epochs per cycle)."""
-
-    model: str = field(
-        default="lenet300100",
-        metadata={"help": "Built-in model (lenet300100, convnet), a timm model name, or a transformers config "
-                  "(a config.json file or a folder holding one)."},
-    )
-    task: str = field(default="mnist", metadata={"help": "Built-in task (mnist, mnist1d, digits) or Hub dataset."})
-    seed: int = field(default=0, metadata={"help": "Seed of the model initialization and of training."})
-    task_seed: int = field(default=0, metadata={"help": "Seed of the train/test split of built-in tasks."})
-    output_dir: str = field(default="outputs/irp", metadata={"help": "Run folder (checkpoints and results)."})
-    checkpoint_every_cycle: bool = field(
-        default=True, metadata={"help": "Save a Trainer checkpoint at every cycle end so a killed run resumes."}
-    )
-    resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir, if any."})
-    push_to_hub: bool = field(
-        default=False, metadata={"help": "Push the score dataset to the Hub as hub_model_id (as TrainingArguments does)."}
-    )
-    hub_model_id: str | None = field(default=None, metadata={"help": "Hub dataset repo of the scores (org/name)."})
-    hub_private_repo: bool | None = field(default=None, metadata={"help": "Make the Hub repo private."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training examples."})
-    disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
-
-    def __post_init__(self) -> None:
-        # A push is checked now, not after hours of training: the repo id must be given and the Hub reachable.
-        if isinstance(self.push_to_hub, str):
-            raise ValueError(
-                f"push_to_hub is a flag (true/false), got {self.push_to_hub!r}; give the repo as "
-                f"hub_model_id={self.push_to_hub!r}"
-            )
-        if self.push_to_hub:
-            if not self.hub_model_id:
-                raise ValueError("push_to_hub needs hub_model_id (the Hub dataset repo, e.g. 'me/lenet-irp-scores')")
-            from huggingface_hub import constants
-
-            if constants.HF_HUB_OFFLINE:
-                raise ConnectionError(
-                    f"push_to_hub to {self.hub_model_id!r} was requested but the Hub is offline (HF_HUB_OFFLINE=1); "
-                    "nothing was trained; unset push_to_hub or go online"
-                )
 
 
 def run_irp(run: IRPRunArguments, config: IRPConfig, recipe: TrainRecipe) -> IRPCallback:

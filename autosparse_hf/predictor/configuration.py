@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from ..features import FEATURE_SCHEMA_VERSION, feature_names
 
@@ -103,3 +103,7 @@ class AutoSConfig(PretrainedConfig):
         self.feature_num_batches = int(feature_num_batches)
         self.training_sources = list(training_sources)
         super().__init__(**kwargs)
+
+
+# AutoConfig.from_pretrained reads an AutoS config.json (model_type "autos") once this module is imported.
+AutoConfig.register("autos", AutoSConfig, exist_ok=True)

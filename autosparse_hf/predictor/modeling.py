@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import AutoSConfig
@@ -173,3 +173,7 @@ class AutoSModel(PreTrainedModel):
             out[start : start + chunk.shape[0]] = self(chunk).scores.float().cpu()
         self.train(was_training)
         return out
+
+
+# AutoModel.from_pretrained loads an AutoS predictor folder once this module is imported (it imports the config's).
+AutoModel.register(AutoSConfig, AutoSModel, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,13 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from ..features import feature_names, with_density
-from ..records.score_io import load_score_datasets
+from ..features import with_density
+from ..hub import push_folder
+from ..records.score_io import check_score_dataset, load_score_datasets
+from .arguments import AutoSTrainingArguments
 from .budgets import fit_budget_model
 from .card import predictor_card
-from .configuration import ARCHITECTURES, LOSSES, TARGETS, WITHIN_LAYER, AutoSConfig
+from .configuration import AutoSConfig
 from .data import ScoreTable, score_table, split_rows
 from .loading import check_finite_predictor
 from .metrics import DEFAULT_DENSITIES, ranking_metrics
@@ -25,81 +27,8 @@ from .modeling import AutoSModel
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class AutoSTrainingArguments:
-    """What to train on and how.
-
-    The defaults are the library's measured default (BENCHMARKS.md, issue-5/7 ablations): a per-weight MLP over the
-    default features on the density-conditioned membership target with layer-balanced BCE, a learned layer-budget
-    model, and iterative SynFlow ranking inside the learned budgets at prune time (``within_layer="snip"`` ties it
-    in-distribution and loses on transfer). The paper's setup (arXiv 2408.14757: surviving score, MSE,
-    raw ``w0``/``g0``, one global threshold) is ``target="survival", feature_set="paper", budgets="none",
-    balance_layers=False, within_layer="predictor"`` (``recipes/configs/ablation/paper.yaml``); trained on one run it
-    can empty a whole layer at high sparsity.
-    """
-
-    score_datasets: list[str] = field(
-        default_factory=lambda: ["outputs/irp/irp"],
-        metadata={"help": "Score datasets: save_to_disk folders, IRP run folders, .parquet files or Hub ids."},
-    )
-    output_dir: str = field(default="outputs/autos", metadata={"help": "Where the predictor and metrics go."})
-    architecture: str = field(default="mlp", metadata={"help": "mlp, paper_fc or paper_resnet18."})
-    feature_set: str = field(default="default", metadata={"help": "default, paper, weight or gradient."})
-    hidden_sizes: list[int] = field(default_factory=lambda: [32, 32], metadata={"help": "Hidden widths (mlp)."})
-    loss: str = field(
-        default="auto",
-        metadata={"help": "auto (mse for survival, bce for membership), mse, bce or ranking (pairwise, in a tensor)."},
-    )
-    target: str = field(
-        default="membership",
-        metadata={"help": "membership (in the IRP mask at density d) or survival (cycles survived / cycles, paper)."},
-    )
-    budgets: str = field(
-        default="learned", metadata={"help": "learned (fit a layer-budget model on IRP) or none (selection decides)."}
-    )
-    samples_per_row: int = field(default=4, metadata={"help": "Membership target: densities sampled per weight."})
-    balance_layers: bool = field(default=True, metadata={"help": "Weight rows so every tensor counts alike."})
-    budget_ridge: float = field(default=1e-2, metadata={"help": "Ridge penalty of the layer-budget model."})
-    within_layer: str = field(
-        default="synflow", metadata={"help": "Ranking inside a tensor at prune time: synflow, snip or predictor."}
-    )
-    epochs: float = field(default=10.0, metadata={"help": "Epochs over the training rows."})
-    batch_size: int = field(default=4096, metadata={"help": "Rows per optimizer step."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
-    eval_split: str = field(default="auto", metadata={"help": "auto, runs or layers (whole held-out units)."})
-    eval_runs: list[str] = field(default_factory=list, metadata={"help": "Run ids to hold out (eval_split=runs)."})
-    eval_layers: list[str] = field(default_factory=list, metadata={"help": "Tensors to hold out (layers)."})
-    max_train_rows: int | None = field(default=None, metadata={"help": "Subsample training rows (paper_resnet18)."})
-    seed: int = field(default=0, metadata={"help": "Seed of initialization, sampling and shuffling."})
-    disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
-
-    def __post_init__(self) -> None:
-        # Fail on a typo before loading and featurizing millions of rows, not after.
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES}")
-        if self.loss == "auto":
-            self.loss = "mse" if self.target == "survival" else "bce"
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
-        if self.target not in TARGETS:
-            raise ValueError(f"unknown target {self.target!r}; choose one of {TARGETS}")
-        if self.budgets not in ("none", "learned"):
-            raise ValueError(f"budgets must be none or learned, got {self.budgets!r}")
-        if self.within_layer not in WITHIN_LAYER:
-            raise ValueError(f"unknown within_layer {self.within_layer!r}; choose one of {WITHIN_LAYER}")
-        if (self.target, self.loss) in (("survival", "bce"), ("membership", "mse")):
-            raise ValueError(
-                f"loss {self.loss!r} does not fit target {self.target!r} (survival: mse or ranking; membership: bce "
-                "or ranking; loss='auto' picks)"
-            )
-        if self.samples_per_row < 1:
-            raise ValueError(f"samples_per_row must be >= 1, got {self.samples_per_row}")
-        feature_names(self.feature_set)
-        if self.eval_split not in ("auto", "runs", "layers"):
-            raise ValueError(f"eval_split must be auto, runs or layers, got {self.eval_split!r}")
-        if not self.epochs > 0 or self.batch_size < 1:
-            raise ValueError(f"epochs must be > 0 and batch_size >= 1, got {self.epochs} and {self.batch_size}")
+# What train_autos writes and pushes (push_to_hub): the predictor, its card, the held-out metrics, the loss curve.
+PREDICTOR_FILES: tuple[str, ...] = ("config.json", "model.safetensors", "README.md", "metrics.json", "loss_curve.png")
 
 
 class ChunkDataset(torch.utils.data.Dataset):
@@ -220,7 +149,8 @@ def train_autos(
     """Load the score datasets, split by whole runs or tensors, train, evaluate, save; returns model and report.
 
     Writes ``output_dir``: the predictor (``config.json`` + ``model.safetensors``), ``metrics.json`` (held-out
-    Spearman and top-k overlaps for AutoS, magnitude and SNIP, plus the split) and ``loss_curve.png``.
+    Spearman and top-k overlaps for AutoS, magnitude and SNIP, plus the split), ``README.md`` (the model card) and
+    ``loss_curve.png``; with ``args.push_to_hub``, uploads these files to ``args.hub_model_id`` after writing them.
 
     Args:
         args: What to train and how.
@@ -233,6 +163,9 @@ def train_autos(
         dataset = load_score_datasets(args.score_datasets)
     elif not isinstance(dataset, Dataset):
         raise TypeError(f"dataset must be a datasets.Dataset of surviving scores, got {type(dataset).__name__}")
+    else:
+        # The checks a dataset loaded from disk passes (schema version, finite values, consistent targets).
+        check_score_dataset(dataset, "the in-memory dataset given to train_autos")
     table = score_table(dataset, args.feature_set)
     train_rows, eval_rows = split_rows(table, args.eval_split, args.eval_runs, args.eval_layers)
     if args.max_train_rows and len(train_rows) > args.max_train_rows:
@@ -313,6 +246,10 @@ def train_autos(
         (out / "metrics.json").write_text(json.dumps(report, indent=2))
         (out / "README.md").write_text(predictor_card(model.config, report))
         _plot_loss(report["loss_history"], out / "loss_curve.png")
+        if args.push_to_hub:
+            # Checked at construction (repo id given, Hub online); pushed only once everything is written.
+            push_folder(out, args.hub_model_id, private=args.hub_private_repo, allow_patterns=PREDICTOR_FILES,
+                        commit_message="Upload AutoS predictor (autosparse_hf)")
     return model, report
 
 

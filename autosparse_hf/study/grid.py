@@ -12,86 +12,19 @@ import math
 import os
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..allocation import allocation_class
 from ..callbacks import PaICallback
-from ..criteria.base import criterion_class
-from ..masks import check_sparsity
 from ..predictor.loading import load_predictor
 from ..pruning import PruneConfig
 from ..training import TrainRecipe, train_and_evaluate
 
-DEFAULT_CRITERIA = ["random", "magnitude", "snip", "grasp", "synflow"]
-
-
-@dataclass
-class PaIGridConfig:
-    """Which models to prune, how, and where to write."""
-
-    model: str = field(default="lenet300100", metadata={"help": "Built-in model name or timm model name."})
-    task: str = field(default="mnist", metadata={"help": "Built-in task (mnist, mnist1d, digits) or Hub dataset."})
-    criteria: list[str] = field(
-        default_factory=lambda: list(DEFAULT_CRITERIA),
-        metadata={"help": "Methods: a criterion name, optionally with @ and layer budgets (random@erk, snip@ticket); "
-                  "autos follows its predictor's recipe (PruneConfig.from_predictor)."},
-    )
-    sparsities: list[float] = field(default_factory=lambda: [0.9], metadata={"help": "Sparsities in [0, 1)."})
-    seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": "Model initialization seeds."})
-    budgets: str = field(
-        default="auto",
-        metadata={"help": "Default layer budgets (list_budgets()): auto (the criterion's own, else global), global, "
-                  "uniform, erk, ticket, learned."},
-    )
-    num_batches: int = field(default=4, metadata={"help": "Batches for data-dependent criteria."})
-    task_seed: int = field(default=0, metadata={"help": "Seed of the train/test split."})
-    include_dense: bool = field(default=True, metadata={"help": "Also train the unpruned model per seed."})
-    predictor: str | None = field(default=None, metadata={"help": "AutoS predictor folder or Hub id (for autos)."})
-    ticket_source: str | None = field(
-        default=None, metadata={"help": "IRP run folder or score dataset (for ticket and @irp budgets)."}
-    )
-    output_dir: str = field(default="outputs/prune", metadata={"help": "Where results are written."})
-
-    def __post_init__(self) -> None:
-        for s in self.sparsities:
-            check_sparsity(s, "sparsities")
-        for label in self.criteria:
-            # Builds nothing heavy: names, budgets and required sources are checked before any training.
-            method = parse_method(label, self.budgets)
-            if method.criterion.startswith("autos") and not self.predictor:
-                raise ValueError(f"{label!r} needs --predictor (a folder written by recipes/train_autos.py)")
-            if "ticket" in (method.criterion, allocation_class(method.budgets).name if method.budgets != "auto" else ""):
-                if not self.ticket_source:
-                    raise ValueError(f"{label!r} needs --ticket_source (an IRP run folder or score dataset)")
-
-
-# The one-line spelling of a method in grids and benchmark configs: "criterion@budgets" ("snip@ticket",
-# "random@erk"); a variant after "/" names e.g. a predictor ablation and does not change the criterion.
-METHOD_SEPARATOR = "@"
-
-
-@dataclass(frozen=True)
-class Method:
-    """A grid method label split into its criterion and layer budgets."""
-
-    criterion: str
-    budgets: str
-
-
-def parse_method(label: str, default_budgets: str = "auto") -> Method:
-    """A method label -> criterion and budgets: ``"snip@ticket"`` -> ``("snip", "ticket")``; ``"snip"`` -> ``("snip",
-    default_budgets)``; a variant after ``/`` names e.g. a predictor ablation and keeps the criterion:
-    ``"autos/weight-only"`` -> ``("autos", ...)``. Unknown names raise ``ValueError``."""
-    head, _, budgets = label.partition(METHOD_SEPARATOR)
-    method = Method(head.partition("/")[0], budgets or default_budgets)
-    criterion_class(method.criterion)
-    if method.budgets != "auto":
-        allocation_class(method.budgets)
-    return method
+# Defined in .arguments (light, for the recipes' --help); importable from here as before.
+from .arguments import DEFAULT_CRITERIA, METHOD_SEPARATOR, Method, PaIGridConfig, parse_method  # noqa: F401
 
 
 def method_config(label: str, sparsity: float, config: PaIGridConfig, predictor: Any = None) -> PruneConfig:

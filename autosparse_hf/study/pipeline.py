@@ -10,7 +10,7 @@ the IRP ticket at the nearest density as the reference PaI tries to reach.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +21,8 @@ from ..irp.runner import IRPRunArguments, irp_run_complete, run_irp
 from ..predictor.training import AutoSTrainingArguments, metrics_markdown, train_autos
 from ..records import RUN_DIR, nearest_ticket, read_run_info
 from ..training import TrainRecipe
-from .grid import PaIGridConfig, markdown_table, run_pai_grid, summarize
-
-
-@dataclass
-class PipelineArguments:
-    """The built-in default: LeNet-300-100 on the MNIST digits, IRP seed 0, fresh seeds 1-3."""
-
-    output_dir: str = field(default="outputs/autosparse", metadata={"help": "Folder for every stage's outputs."})
-    model: str = field(default="lenet300100", metadata={"help": "Built-in model or timm model name."})
-    task: str = field(default="mnist", metadata={"help": "Built-in task or Hub dataset."})
-    irp_seed: int = field(default=0, metadata={"help": "Seed of the IRP source network."})
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3], metadata={"help": "Fresh seeds to prune."})
-    sparsities: list[float] = field(default_factory=lambda: [0.9, 0.95, 0.98, 0.99], metadata={"help": "Targets."})
-    criteria: list[str] = field(
-        default_factory=lambda: ["random", "magnitude", "snip", "grasp", "synflow", "autos"],
-        metadata={"help": "Criteria compared (autos uses the predictor trained here)."},
-    )
-    autos_config: str | None = field(
-        default=None,
-        metadata={"help": "YAML file of AutoSTrainingArguments fields for the predictor (recipes/configs/ablation/*.yaml); "
-                  "default: its defaults, the measured default recipe (learned budgets, SynFlow inside)."},
-    )
-    disable_tqdm: bool = field(default=True, metadata={"help": "Hide the Trainer progress bars."})
-
-    def __post_init__(self) -> None:
-        if self.irp_seed in self.seeds:
-            raise ValueError(
-                f"seeds {self.seeds} include the IRP seed {self.irp_seed}: pruning the initialization whose IRP "
-                "produced the labels is not a fair test; choose fresh seeds"
-            )
+from .arguments import PaIGridConfig, PipelineArguments
+from .grid import markdown_table, run_pai_grid, summarize
 
 
 def run_pipeline(args: PipelineArguments, irp_config: IRPConfig, recipe: TrainRecipe) -> dict[str, Any]:

@@ -35,6 +35,7 @@ TINY_FLAGS: dict[str, list[str]] = {
         "--model", "test_resnet", "--num_classes", "10", "--image_size", "32", "--batch_size", "4",
         "--measure", "autos",
     ],
+    "help_speed": ["--recipes", "benchmark", "irp", "--repeats", "1", "--warmup", "0"],
 }  # fmt: skip
 
 
@@ -155,3 +156,14 @@ def test_autos_memory(launched: dict) -> None:
     assert set(r["measurements"]) == {"autos"}
     assert positive_finite(r["param_bytes"], r["autos_peak_delta_mb"], r["autos_peak_over_model"])
     assert positive_finite(result["target"]["ratio"])
+
+
+def test_help_speed(launched: dict) -> None:
+    result, _ = finished(launched, "help_speed")
+    r = result["results"]
+    assert set(r["recipes"]) == {"benchmark", "irp"} and positive_finite(r["reference_median_s"])
+    for timing in r["recipes"].values():
+        assert len(timing["runs_s"]) == 1 and positive_finite(timing["median_s"], timing["ratio_to_trainer_import"])
+    assert result["target"]["higher_is_better"] is False
+    markdown = Path(result["config"]["output"]).with_suffix(".md").read_text()
+    assert "recipes/irp.py --help" in markdown and "measured/target" in markdown
