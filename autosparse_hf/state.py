@@ -28,13 +28,19 @@ def restore_state(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
 
 
 @contextmanager
-def preserved_model_state(model: nn.Module) -> Iterator[None]:
+def preserved_model_state(model: nn.Module, weights: bool = True) -> Iterator[None]:
     """Restore weights, buffers, gradients, ``requires_grad``, train/eval modes and RNG states on exit.
 
     Criteria may change any of these while scoring (SynFlow replaces weights by their absolute values, SNIP calls
     backward, data loaders draw random numbers); a criterion is only a score, so none of that may leak out.
+    ``weights=False`` restores everything but the parameters' values, for code that never writes them (SNIP, GraSP,
+    the ``torch.func`` criteria): the model's largest copy is then not made (one model's size less at peak).
     """
-    state = snapshot_state(model)
+    if weights:
+        state = snapshot_state(model)
+    else:
+        parameters = {id(p) for p in model.parameters()}
+        state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items() if id(v) not in parameters}
     grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in model.named_parameters()}
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     modes = {n: m.training for n, m in model.named_modules()}
@@ -45,7 +51,13 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        restore_state(model, state)
+        if weights:
+            restore_state(model, state)
+        else:
+            current = model.state_dict(keep_vars=True)
+            with torch.no_grad():
+                for key, value in state.items():
+                    current[key].data.copy_(value)
         for name, param in model.named_parameters():
             param.requires_grad_(requires_grad[name])
             saved = grads[name]

@@ -49,6 +49,7 @@ class AutoSCriterion(Criterion):
     """
 
     name = "autos"
+    writes_weights = False
     predictor: Any = None
     batch_size: int | None = None
     num_batches: int | None = None
@@ -172,6 +173,7 @@ class AutoSPaperCriterion(AutoSCriterion):
     """
 
     name = "autos_paper"
+    writes_weights = False
 
     def default_budgets(self) -> Any:
         return "global"

@@ -56,6 +56,9 @@ class Criterion:
 
     name: ClassVar[str] = ""
     needs_data: ClassVar[bool] = False
+    # Whether ``score`` writes the parameters' values (SynFlow's |w|, FORCE's masked weights): if not, scoring does not
+    # copy the weights to restore them (one model's size of memory less). Unknown criteria are assumed to write.
+    writes_weights: ClassVar[bool] = True
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -162,7 +165,7 @@ def compute_scores(
     # head) as default-initialized, or the weights they gate would all tie at 0.
     weights = {n: (p.param, p.fan_in) for n, p in params.items()}
     with (
-        preserved_model_state(model),
+        preserved_model_state(model, weights=crit.writes_weights),
         float32_scoring(model),
         revived_zero_norm_scales(model) as revived,
         revived_zero_weights(weights, existing) as revived_weights,

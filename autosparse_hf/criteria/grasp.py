@@ -47,6 +47,7 @@ class GraSPCriterion(Criterion):
     """
 
     name = "grasp"
+    writes_weights = False
     needs_data = True
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ class MagnitudeCriterion(Criterion):
     """
 
     name = "magnitude"
+    writes_weights = False
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         return {name: p.param.detach().abs().clone() for name, p in context.params.items()}

@@ -119,6 +119,7 @@ class NTKSAPCriterion(Criterion):
     """
 
     name = "ntksap"
+    writes_weights = False
     rounds: int = 20
     epsilon: float = 0.01
     num_samples: int = 5

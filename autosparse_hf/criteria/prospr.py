@@ -114,6 +114,7 @@ class ProsPrCriterion(Criterion):
     """
 
     name = "prospr"
+    writes_weights = False
     needs_data = True
     inner_steps: int = 3
     inner_lr: float = 0.1

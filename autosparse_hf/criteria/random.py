@@ -20,6 +20,7 @@ class RandomCriterion(Criterion):
     """
 
     name = "random"
+    writes_weights = False
     seed: int | None = None
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ class SNIPCriterion(Criterion):
     """
 
     name = "snip"
+    writes_weights = False
     needs_data = True
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ class TicketCriterion(Criterion):
     """
 
     name = "ticket"
+    writes_weights = False
     ticket_source: Any = None
     source: Any = None
 
