@@ -105,8 +105,10 @@ class BenchmarkConfig:
 
 
 def _predictor_for(label: str, config: BenchmarkConfig) -> str | None:
-    """The predictor of an ``autos*`` method: ``extra_predictors[label without @scope]``, else the default one."""
-    if not parse_method(label).criterion.startswith("autos"):
+    """The predictor of an ``autos*`` method or of a method inside ``learned`` budgets (``force@learned``: FORCE
+    inside the predictor's layer budgets): ``extra_predictors[label without @budgets]``, else the default one."""
+    method = parse_method(label)
+    if not method.criterion.startswith("autos") and method.budgets != "learned":
         return None
     return config.extra_predictors.get(label.partition("@")[0], config.predictor)
 

@@ -123,3 +123,12 @@ def test_benchmark_target_names_cannot_leave_the_output_folder(name):
     config = BenchmarkConfig(targets=[BenchmarkTarget(name=name, model="lenet300100", task="digits")])
     with pytest.raises(ValueError, match="names a folder"):
         config.validate()
+
+
+def test_methods_inside_learned_budgets_get_the_predictor_and_plain_methods_do_not():
+    from autosparse_hf.study.benchmark import BenchmarkConfig, _predictor_for
+
+    config = BenchmarkConfig(predictor="p/default", extra_predictors={"autos/v": "p/v"})
+    assert _predictor_for("force@learned", config) == "p/default"
+    assert _predictor_for("autos/v", config) == "p/v" and _predictor_for("autos", config) == "p/default"
+    assert _predictor_for("force", config) is None and _predictor_for("snip@erk", config) is None
