@@ -7,8 +7,8 @@ python benchmarks/zoo_collapse.py [--models resnet18 gpt2 ...] [--criteria snip 
 
 Every architecture of the conformance zoo (``tests/zoo/zoo_models.py``: timm CNNs and ViT/Mixer, transformers
 encoders, decoders and encoder-decoders, plain torch models, all built from configs at tiny sizes, offline) is
-scored once per criterion with one batch of random inputs and labels (SynFlow once per sparsity: its iterative
-scores depend on the target); the scores are selected under ``--budgets`` (default ``global``, the rule under which
+scored once per criterion with one batch of random inputs and labels (the iterative criteria, SynFlow, Iter SNIP,
+FORCE and NTK-SAP, once per sparsity: their scores depend on the target; every criterion with its paper defaults); the scores are selected under ``--budgets`` (default ``global``, the rule under which
 a criterion can empty a tensor) at each sparsity, equal scores broken by ``|w0|`` as ``prune_at_init`` does. A cell
 is ``emptied/total`` prunable tensors; ``+n`` adds the tensors that keep under 0.1% without being empty
 (``autosparse_hf.guards.collapsed_tensors``); ``(t: k)`` says that ``k`` of the emptied tensors held a score as high
@@ -36,7 +36,9 @@ import autosparse_hf as A  # noqa: E402
 from autosparse_hf.criteria.synflow import SynFlowCriterion  # noqa: E402
 from autosparse_hf.guards import collapsed_tensors  # noqa: E402
 
-CRITERIA = ("random", "magnitude", "snip", "grasp", "synflow")
+CRITERIA = ("random", "magnitude", "snip", "grasp", "synflow", "iter_snip", "force", "prospr", "ntksap")
+# Criteria whose scores depend on the target sparsity (they prune towards it): scored once per sparsity.
+ITERATIVE = {"synflow", "iter_snip", "force", "ntksap"}
 
 
 def timm_version() -> str:
@@ -96,7 +98,7 @@ def score_row(entry, criteria: Sequence[str], sparsities: Sequence[float], budge
         scores = None
         for sparsity in sparsities:
             try:
-                if scores is None or criterion == "synflow":
+                if scores is None or criterion in ITERATIVE:
                     scores = A.compute_scores(model, criterion_for(criterion, rounds), dataloader=batches,
                                               sparsity=sparsity)
                 masks = A.select_masks(scores, sparsity, scope=budgets, tie_break=magnitudes)
