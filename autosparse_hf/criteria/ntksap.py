@@ -392,12 +392,7 @@ def _random_inputs(template: Mapping[str, Any], batch_size: int, generator: torc
 
 def _micro_batches(inputs: dict[str, Any], batch_size: int, size: int) -> list[dict[str, Any]]:
     """``inputs`` split along the batch dimension into pieces of at most ``size`` examples (one piece if it fits)."""
-    if size >= batch_size:
-        return [inputs]
-    pieces = []
-    for start in range(0, batch_size, size):
-        pieces.append({
-            key: value[start : start + size] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
-            for key, value in inputs.items()
-        })
-    return pieces
+    return [
+        {k: v[start : start + size] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in inputs.items()}
+        for start in range(0, batch_size, size)
+    ] if size < batch_size else [inputs]
