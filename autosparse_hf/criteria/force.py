@@ -110,8 +110,8 @@ class ProgressiveSensitivity(Criterion):
                 eligible = allowed if self.revives else mask
                 saliency = {n: (w0[n] * grads[n]).abs().float() for n in names}
                 del grads
-                keep = self._select(saliency, eligible, magnitude, budgets, k, target, total)
-                self._record(result, saliency, mask, keep, eligible, k)
+                keep, peak = self._select(saliency, eligible, magnitude, budgets, k, target, total)
+                self._record(result, saliency, mask, keep, peak, k)
                 mask = keep
                 bar.update(1)
         finally:
@@ -129,8 +129,9 @@ class ProgressiveSensitivity(Criterion):
         k: int,
         target: float,
         total: int,
-    ) -> dict[str, torch.Tensor]:
-        """Step ``k``'s mask: the top of the eligible saliencies, globally or inside per-tensor counts."""
+    ) -> tuple[dict[str, torch.Tensor], float]:
+        """Step ``k``'s mask (the top of the eligible saliencies, globally or inside per-tensor counts) and the largest
+        eligible saliency (1 when there is none or it is 0), the scale of ``iter_snip``'s encoding."""
         names = list(saliency)
         n_eligible = {n: int(eligible[n].sum()) for n in names}
         # Ineligible weights score -1, below every saliency (>= 0): a top-k within the eligible count never takes one.
@@ -138,9 +139,11 @@ class ProgressiveSensitivity(Criterion):
         if budgets is None:
             count = num_to_keep(total, 1.0 - self.density(k, target)) if k < self.steps else num_to_keep(total, 1.0 - target)
             count = min(count, sum(n_eligible.values()))
-            kept = top_count(torch.cat([flat[n] for n in names]), count, tie_break=magnitude)
+            values = torch.cat([flat[n] for n in names])
+            kept = top_count(values, count, tie_break=magnitude)
             pieces = torch.split(kept, [saliency[n].numel() for n in names])
-            return {n: piece.reshape(saliency[n].shape) for n, piece in zip(names, pieces, strict=True)}
+            keep = {n: piece.reshape(saliency[n].shape) for n, piece in zip(names, pieces, strict=True)}
+            return keep, max(float(values.max()), 0.0) or 1.0
         out, offset = {}, 0
         for n in names:
             numel = saliency[n].numel()
@@ -152,7 +155,8 @@ class ProgressiveSensitivity(Criterion):
             kept = top_count(flat[n], count, tie_break=magnitude[offset : offset + numel])
             out[n] = kept.reshape(saliency[n].shape)
             offset += numel
-        return out
+        peak = max((float(flat[n].max()) for n in names if flat[n].numel()), default=0.0)
+        return out, max(peak, 0.0) or 1.0
 
     def _record(
         self,
@@ -160,7 +164,7 @@ class ProgressiveSensitivity(Criterion):
         saliency: dict[str, torch.Tensor],
         mask: dict[str, torch.Tensor],
         keep: dict[str, torch.Tensor],
-        eligible: dict[str, torch.Tensor],
+        peak: float,
         k: int,
     ) -> None:
         """Encode the weights step ``k`` removes (``iter_snip``; FORCE encodes only the last step)."""
@@ -192,11 +196,11 @@ class IterSNIPCriterion(ProgressiveSensitivity):
     name = "iter_snip"
     revives = False
 
-    def _record(self, result, saliency, mask, keep, eligible, k) -> None:  # noqa: ANN001
-        removed = {n: mask[n] & ~keep[n] for n in mask}
-        peak = _peak(saliency, eligible)
-        for n, gone in removed.items():
-            result[n][gone] = (k - 1) + 0.5 * saliency[n][gone].double() / peak
+    def _record(self, result, saliency, mask, keep, peak, k) -> None:  # noqa: ANN001
+        for n in mask:
+            gone = torch.nonzero((mask[n] & ~keep[n]).reshape(-1)).squeeze(1)  # the few weights this step removes
+            value = (k - 1) + 0.5 * saliency[n].reshape(-1).index_select(0, gone).double() / peak
+            result[n].view(-1).index_copy_(0, gone, value)
 
     def _finish(self, result, saliency, mask, allowed) -> None:  # noqa: ANN001
         peak = _peak(saliency, mask)
