@@ -23,6 +23,8 @@ def take_batches(dataloader: Iterable[Mapping[str, Any]] | None, num_batches: in
         raise ValueError(f"{who} needs data: pass a dataloader (an iterable of batch dicts)")
     if num_batches < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+    if not isinstance(dataloader, Iterable):
+        raise TypeError(f"{who} needs an iterable of batches as its dataloader, got {type(dataloader).__name__}")
     batches = list(islice(iter(dataloader), num_batches))
     if not batches:
         raise ValueError(f"{who} got an empty dataloader")

@@ -18,6 +18,7 @@ from .allocation import Allocation, allocation_class, get_allocation
 from .allocation.base import option_names
 from .criteria import Criterion, compute_scores, criterion_class, get_criterion
 from .families import get_prunable_parameters
+from .families.base import name_patterns
 from .guards import warn_collapsed, warn_if_not_at_initialization, warn_ties
 from .masks import MaskSet, broadcast_masks, check_sparsity, select_masks
 from .predictor.loading import load_predictor
@@ -34,17 +35,6 @@ def json_safe(value: Any) -> Any:
         return [json_safe(v) for v in value]
     name = getattr(value, "name_or_path", None) or getattr(value, "origin", None)
     return str(name) if name else type(value).__name__
-
-
-def _as_list(value: Any, name: str) -> list[str]:
-    # A YAML scalar or a plain string is one pattern, never a sequence of characters.
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{name} must be parameter-name patterns (strings), got {value!r}")
-    return list(value)
 
 
 class Options(dict):
@@ -123,8 +113,8 @@ class PruneConfig:
             raise ValueError(f"num_batches must be an integer >= 1, got {self.num_batches!r}")
         if not 0.0 <= float(self.min_density) <= 1.0:
             raise ValueError(f"min_density must be in [0, 1], got {self.min_density!r}")
-        self.include = _as_list(self.include, "include")
-        self.exclude = _as_list(self.exclude, "exclude")
+        self.include = name_patterns(self.include, "include")
+        self.exclude = name_patterns(self.exclude, "exclude")
         self.criterion_options = _as_options(self.criterion_options, "criterion_options")
         self.budget_options = _as_options(self.budget_options, "budget_options")
         if isinstance(self.criterion, str):

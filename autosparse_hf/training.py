@@ -38,6 +38,19 @@ class TrainRecipe:
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers learning-rate schedule."})
     warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of steps for linear warm-up."})
 
+    def __post_init__(self) -> None:
+        # Checked when the recipe is made (a YAML typo fails here, not after the first cell has trained).
+        for name in ("epochs", "learning_rate", "momentum", "weight_decay", "warmup_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+                raise ValueError(f"TrainRecipe.{name} must be a number >= 0, got {value!r}")
+        if self.epochs <= 0:
+            raise ValueError(f"TrainRecipe.epochs must be > 0, got {self.epochs!r}")
+        for name in ("batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainRecipe.{name} must be an integer >= 1, got {value!r}")
+
     def training_arguments(self, output_dir: str, seed: int, **overrides: Any) -> TrainingArguments:
         """``TrainingArguments`` for this recipe (SGD with momentum, no checkpoints, no reporting)."""
         import torch

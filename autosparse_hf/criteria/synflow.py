@@ -81,8 +81,8 @@ class SynFlowCriterion(Criterion):
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ValueError(f"rounds must be an integer >= 1, got {self.rounds!r}")
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         model, params, family = context.model, context.params, context.family

@@ -27,6 +27,19 @@ PRUNABLE_MODULE_CLASS_NAMES: frozenset[str] = frozenset({"Conv1D"})
 INPUT_KEYS: tuple[str, ...] = ("pixel_values", "input_ids", "inputs_embeds", "input_values", "x", "inputs")
 
 
+def name_patterns(value: Any, name: str) -> list[str]:
+    """``include`` / ``exclude`` as a list of parameter-name patterns: a single string (a YAML scalar, a plain
+    argument) is one pattern, never a sequence of one-character patterns; anything but strings is a ``ValueError``
+    naming the parameter."""
+    if isinstance(value, str):
+        return [value]
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be parameter-name patterns (strings, e.g. ['*.fc.weight']), got {value!r}")
+    return list(value)
+
+
 def _matches_any(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
@@ -98,9 +111,8 @@ def get_prunable_parameters(
     Raises:
         ValueError: If no parameter is prunable; the message names the model class and the patterns.
     """
-    # A single string is one pattern (a YAML scalar, a plain argument), never a sequence of one-character patterns.
-    include = [include] if isinstance(include, str) else list(include or [])
-    exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
+    include = name_patterns(include, "include")
+    exclude = name_patterns(exclude, "exclude")
     # Every name of every parameter: a tied tensor (GPT-2's wte / lm_head) matches a pattern under any of its names.
     aliases: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):

@@ -56,6 +56,8 @@ def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
 def check_scores(scores: Mapping[str, torch.Tensor]) -> None:
     """Raise ``ValueError`` naming the first parameter whose scores are NaN or infinite."""
     for name, score in scores.items():
+        if not isinstance(score, torch.Tensor):
+            raise TypeError(f"scores for parameter {name!r} must be a torch.Tensor, got {type(score).__name__}")
         if not bool(torch.isfinite(score).all()):
             bad = "NaN" if bool(torch.isnan(score).any()) else "infinite"
             raise ValueError(f"scores for parameter {name!r} contain {bad} values")
