@@ -16,6 +16,7 @@ from ..masks import num_to_keep
 from ..masks.topk import top_count
 from .base import Criterion, ScoringContext, register_criterion
 from .progress import scoring_progress
+from .schedule import scheduled_count
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,7 @@ class ProgressiveSensitivity(Criterion):
             final = int(budgets[n])
             if not 0 <= final <= numel:
                 raise ValueError(f"{self.name}: budget of {n!r} is {final}, outside [0, {numel}]")
-            count = final if k == self.steps else round(numel * (final / numel) ** (k / self.steps)) if numel else 0
-            count = min(max(count, final), n_eligible[n])
+            count = scheduled_count(numel, final, k, self.steps, n_eligible[n])
             kept = top_count(flat[n], count, tie_break=magnitude[offset : offset + numel])
             out[n] = kept.reshape(saliency[n].shape)
             offset += numel

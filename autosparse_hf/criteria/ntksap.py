@@ -21,6 +21,7 @@ from ..masks import num_to_keep
 from ..masks.topk import top_count
 from .base import Criterion, ScoringContext, register_criterion
 from .progress import scoring_progress
+from .schedule import scheduled_count
 
 logger = logging.getLogger(__name__)
 
@@ -331,8 +332,7 @@ class NTKSAPCriterion(Criterion):
         keeps = {}
         for n, p in params.items():
             numel, final = p.param.numel(), budgets[n]
-            count = final if k == self.rounds else round(numel * (final / numel) ** (k / self.rounds))
-            keeps[n] = top_count(survivors[n], min(max(count, final), n_alive[n]))
+            keeps[n] = top_count(survivors[n], scheduled_count(numel, final, k, self.rounds, n_alive[n]))
         return keeps
 
 

@@ -17,6 +17,7 @@ from ..masks.topk import top_count
 from .base import Criterion, ScoringContext, register_criterion
 from .numerics import SignalNumerics, all_finite, check_finite_weights, gradients_finite, like_model, nonfinite_error
 from .progress import scoring_progress
+from .schedule import scheduled_count
 
 logger = logging.getLogger(__name__)
 
@@ -165,14 +166,6 @@ class SynFlowCriterion(Criterion):
     def default_budgets(self) -> Any:
         return ExplicitCounts(dict(self.budgets)) if self.budgets is not None else "global"
 
-    def _round_count(self, numel: int, alive: int, final: int, k: int) -> int:
-        """Weights a tensor keeps after round ``k``: its own exponential schedule towards ``final``, never reviving."""
-        if k == self.rounds:
-            count = final
-        else:
-            count = round(numel * (max(final, 0) / numel) ** (k / self.rounds))
-        return int(min(max(count, final), alive))
-
     def _select_round(
         self,
         params: dict[str, Any],
@@ -196,7 +189,7 @@ class SynFlowCriterion(Criterion):
             density = min(target_density ** (k / self.rounds), sum(n_alive.values()) / total)
             sparsity = 1.0 - density
         else:
-            counts = {n: self._round_count(p.param.numel(), n_alive[n], budgets[n], k) for n, p in params.items()}
+            counts = {n: scheduled_count(p.param.numel(), budgets[n], k, self.rounds, n_alive[n]) for n, p in params.items()}
             sparsity = 1.0 - sum(counts.values()) / total
         if survivors is not None and 0.0 <= sparsity < 1.0:
             if counts is None and num_to_keep(total, sparsity) <= sum(n_alive.values()):
