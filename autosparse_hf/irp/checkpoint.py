@@ -73,12 +73,24 @@ def check_same_run(saved: dict[str, Any] | None, now: dict[str, Any], folder: Pa
         )
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, each its own storage: a snapshot lists one copy of a tied weight under each of its
+    names, and safetensors refuses tensors that share memory (each name is written, and read back, on its own)."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in tensors.items():
+        value = value.contiguous().cpu()
+        out[key] = value.clone() if id(value) in seen else value
+        seen.add(id(value))
+    return out
+
+
 def save_training_state(folder: Path, state: IRPTrainingState, parameters: dict[str, list[int]]) -> None:
     """Write ``folder`` (``tensors.safetensors`` + ``state.json``) all-or-nothing."""
     record = state.record
-    tensors: dict[str, torch.Tensor] = {f"init/{k}": v.contiguous().cpu() for k, v in state.init_snapshot.items()}
+    tensors: dict[str, torch.Tensor] = _unshared({f"init/{k}": v for k, v in state.init_snapshot.items()})
     if state.rewind_snapshot is not None:
-        tensors.update({f"rewind/{k}": v.contiguous().cpu() for k, v in state.rewind_snapshot.items()})
+        tensors.update(_unshared({f"rewind/{k}": v for k, v in state.rewind_snapshot.items()}))
     tensors.update({f"cycle_pruned/{n}": t.contiguous() for n, t in record.cycle_pruned.items()})
     tensors.update(feature_tensors(record.features))
     meta = {
