@@ -19,9 +19,19 @@ from .score_schema import SCORE_FEATURES, SCORE_SCHEMA_VERSION
 SCHEMA_KEY = "autosparse_score_schema"
 
 
-def _repeat_strings(values: list[str], repeats: np.ndarray) -> pa.Array:
+# Characters per chunk of a repeated string column. Arrow's ``string`` type addresses a chunk's characters with int32
+# offsets (2 GiB at most): GPT-2 small's 85M parameter names (about 30 characters each) overflowed one chunk.
+STRING_CHUNK_BYTES = 1 << 30
+
+
+def _repeat_strings(values: list[str], repeats: np.ndarray) -> pa.ChunkedArray:
     # pc.take on a small string array is a vectorized gather: fast even for tens of millions of rows.
-    return pc.take(pa.array(values, pa.string()), pa.array(np.repeat(np.arange(len(values)), repeats)))
+    dictionary = pa.array(values, pa.string())
+    indices = np.repeat(np.arange(len(values)), repeats)
+    longest = max((len(v.encode()) for v in values), default=0)
+    step = max(1, STRING_CHUNK_BYTES // max(longest, 1))
+    chunks = [pc.take(dictionary, pa.array(indices[i : i + step])) for i in range(0, len(indices), step)]
+    return pa.chunked_array(chunks, type=pa.string())
 
 
 def build_score_dataset(

@@ -256,3 +256,28 @@ def test_builder_scales_without_a_python_loop_per_weight() -> None:
     bad = {n: torch.zeros(s, dtype=torch.int16) for n, s in shapes.items()}
     with pytest.raises(ValueError, match="cycle_pruned values must lie in"):
         build_score_dataset(features, bad, info)
+
+
+def test_string_columns_are_chunked_below_arrows_two_gib_offset_limit(monkeypatch, tmp_path) -> None:
+    # GPT-2 small's 85M parameter names (about 2.5 GB of characters) overflowed one Arrow string chunk; a small chunk
+    # size here shows the split without building 85M rows, and that rows, saving and loading are unchanged.
+    from autosparse_hf.records import score_dataset as module
+
+    shapes = {"first.weight": (30, 20), "second.weight": (10, 30)}
+    generator = torch.Generator().manual_seed(0)
+    weights = {n: torch.randn(s, generator=generator) for n, s in shapes.items()}
+    layers = [
+        LayerContext("first.weight", "linear", 20, 30, 0, 0.0, 600, shapes["first.weight"]),
+        LayerContext("second.weight", "linear", 30, 10, 1, 1.0, 300, shapes["second.weight"]),
+    ]
+    features = InitialFeatures(weights=weights, gradients=weights, layers=layers, num_batches=1)
+    record = {n: torch.randint(1, 4, s, generator=generator, dtype=torch.int16) for n, s in shapes.items()}
+    info = {"config": {"cycles": 2}, "identity": {"run_id": "chunks", "model": "m", "task": "t", "seed": 0}}
+    whole = build_score_dataset(features, record, info)
+    monkeypatch.setattr(module, "STRING_CHUNK_BYTES", 13 * 100)  # 100 names of 13 characters per chunk
+    chunked = build_score_dataset(features, record, info)
+    assert chunked.data.table.column("param_name").num_chunks == 9
+    assert whole.data.table.column("param_name").num_chunks == 1
+    assert chunked["param_name"] == whole["param_name"] == ["first.weight"] * 600 + ["second.weight"] * 300
+    chunked.save_to_disk(str(tmp_path / "scores"))
+    assert Dataset.load_from_disk(str(tmp_path / "scores"))["param_name"] == whole["param_name"]
