@@ -132,6 +132,10 @@ def load_training_state(folder: Path, config: dict[str, Any], parameters: dict[s
     rewind = None
     if meta["has_rewind_snapshot"]:
         rewind = {k[len("rewind/") :]: v for k, v in tensors.items() if k.startswith("rewind/")}
+    for key, value in tensors.items():
+        # A rewind target with NaN/inf would train a broken network for the rest of the run without a word.
+        if key.startswith(("init/", "rewind/")) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{folder / TENSORS_FILE}: snapshot tensor {key!r} holds NaN or inf values")
     record = IRPRecord(
         config=meta["config"],
         identity=meta["identity"],
