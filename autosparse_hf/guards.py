@@ -75,3 +75,15 @@ def warn_ties(scores: Mapping[str, Any], masks: MaskSet) -> float:
             masks.metadata.get("criterion", "pruning"), 100 * share, threshold,
         )
     return share
+
+
+def warn_if_rotation_leaves_no_complete_checkpoint(args: Any, callback: str) -> None:
+    """Warn when ``save_total_limit=1``: the Trainer deletes the previous checkpoint before the callbacks' ``on_save``
+    writes their own state into the new one, so a run killed in between has no complete checkpoint to resume from."""
+    if getattr(args, "save_strategy", "no") not in ("no", None) and getattr(args, "save_total_limit", None) == 1:
+        logger.warning(
+            "%s: save_total_limit=1 deletes the previous checkpoint before this callback's state is written into the "
+            "new one; a run stopped in that window cannot resume. Use save_total_limit=2 or more.",
+            callback,
+        )
+

@@ -15,6 +15,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from ..checkpoints import require_complete, resumed_checkpoint
 from ..criteria import Criterion
+from ..guards import warn_if_rotation_leaves_no_complete_checkpoint
 from ..masks import MASK_CONFIG_NAME, MASK_WEIGHTS_NAME, MaskSet
 from ..pruning import PruneConfig, budgets_option, make_prune_config, prune_with_config
 from .enforcing import MaskEnforcingCallback
@@ -87,6 +88,7 @@ class PaICallback(MaskEnforcingCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         model: nn.Module = kwargs["model"]
+        warn_if_rotation_leaves_no_complete_checkpoint(args, type(self).__name__)
         checkpoint = resumed_checkpoint(args, state)
         if checkpoint is not None:
             # Resuming: the masks were chosen at initialization, not on the trained weights now loaded; they are read

@@ -26,7 +26,7 @@ from ..checkpoints import require_complete, resumed_checkpoint
 from ..criteria import compute_scores
 from ..families import PrunableParameter, get_prunable_parameters
 from ..features import InitialFeatures, compute_initial_features
-from ..guards import warn_if_not_at_initialization
+from ..guards import warn_if_not_at_initialization, warn_if_rotation_leaves_no_complete_checkpoint
 from ..masks import MaskSet, broadcast_masks, select_masks, zero_pruned_weights
 from ..records import RUN_DIR, RUN_FILE, IRPRecord, read_run_info
 from ..state import restore_state, snapshot_state
@@ -195,6 +195,7 @@ class IRPCallback(MaskEnforcingCallback):
                 f"output folder {args.output_dir} already holds an IRP run (run_id={other.get('run_id')!r}, "
                 f"model={other.get('model')!r}); choose another output_dir or remove {run_folder}"
             )
+        warn_if_rotation_leaves_no_complete_checkpoint(args, "IRPCallback")
         loader = kwargs.get("train_dataloader")
         self._run = run_fingerprint(args, state, _num_examples(loader))
         checkpoint = resumed_checkpoint(args, state)
