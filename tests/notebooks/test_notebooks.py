@@ -3,11 +3,14 @@
 Each notebook is executed with ``nbclient`` in a fresh kernel of this interpreter, with ``AUTOSPARSE_SMALL=1`` (every
 notebook shrinks its runs) and ``HF_HUB_OFFLINE=1``, from a temporary working directory so that whatever a notebook
 writes under ``outputs/`` lands there and not in the repository. A failing cell fails the test with its traceback.
+The selected notebooks run at once (one kernel each, one intra-op thread each), so the file takes about as long as the
+slowest of them rather than their sum on a machine with more than one core.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 from pathlib import Path
 
 import nbformat
@@ -44,29 +47,55 @@ def test_notebook_is_plain(path: Path) -> None:
     assert any("import autosparse_hf" in c.source or "from autosparse_hf" in c.source for c in code)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def executed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """Run every selected notebook at once; per notebook stem: the executed notebook, its working directory and the
+    exception its execution raised (``None`` when every cell ran)."""
     from nbclient import NotebookClient
 
-    # The kernel inherits this environment; "python" in the kernel spec resolves to this interpreter.
-    monkeypatch.setenv("AUTOSPARSE_SMALL", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    # One intra-op thread: the tiny models here only lose time to thread contention on a small shared CPU.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        timeout=CELL_TIMEOUT,
-        kernel_name="python3",
-        allow_errors=False,  # the first failing cell raises CellExecutionError with its traceback
-        resources={"metadata": {"path": str(tmp_path)}},
-    )
-    client.execute()
+    selected = [p for p in NOTEBOOKS if any(
+        item.module is request.module and item.originalname == "test_notebook_runs" and item.callspec.id == p.stem
+        for item in request.session.items
+    )]
+    runs = {}
+    for path in selected:
+        folder = tmp_path_factory.mktemp(path.stem)
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(
+            nb,
+            timeout=CELL_TIMEOUT,
+            kernel_name="python3",
+            allow_errors=False,  # the first failing cell raises CellExecutionError with its traceback
+            resources={"metadata": {"path": str(folder)}},
+        )
+        runs[path.stem] = (nb, folder, client)
+
+    async def execute_all() -> list:
+        return await asyncio.gather(*(client.async_execute() for _, _, client in runs.values()), return_exceptions=True)
+
+    with pytest.MonkeyPatch.context() as env:
+        # The kernels inherit this environment; "python" in the kernel spec resolves to this interpreter.
+        env.setenv("AUTOSPARSE_SMALL", "1")
+        env.setenv("HF_HUB_OFFLINE", "1")
+        env.setenv("HF_DATASETS_OFFLINE", "1")
+        env.setenv("TRANSFORMERS_OFFLINE", "1")
+        env.setenv("CUDA_VISIBLE_DEVICES", "")
+        env.setenv("TQDM_DISABLE", "1")
+        # One intra-op thread: the tiny models here only lose time to thread contention on a small shared CPU.
+        env.setenv("OMP_NUM_THREADS", "1")
+        outcomes = asyncio.run(execute_all())
+    return {
+        stem: (nb, folder, outcome if isinstance(outcome, BaseException) else None)
+        for (stem, (nb, folder, _)), outcome in zip(runs.items(), outcomes, strict=True)
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path: Path, executed: dict[str, tuple]) -> None:
+    nb, folder, error = executed[path.stem]
+    if error is not None:
+        raise error
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in code), "a cell did not run"
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
@@ -74,4 +103,4 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     figures = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
     assert figures or path.stem == "03_bring_your_own_model", "the notebook drew no figure"
     # Whatever the notebook wrote went to the temporary working directory.
-    assert (tmp_path / "outputs" / "notebooks").is_dir()
+    assert (folder / "outputs" / "notebooks").is_dir()
