@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..gradients import average_gradients
+from ..gradients import average_gradients, require_grad_only
+from ..state import release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
 
 
@@ -44,6 +45,14 @@ class GraSPCriterion(Criterion):
     rule. ``H g`` is a Hessian-vector product by double backward: ``g`` is averaged over ``num_batches`` batches and
     held fixed, then ``d(g . dL/dw)/dw`` is accumulated over the same batches. The original's logit temperature is
     not applied, so the loss is the model's own.
+
+    Memory: only the prunable weights take gradients (the embedding's and the biases' are never formed), and with
+    one batch and no masks in force ``g`` is the first-order gradient of the double-backward pass itself (held fixed,
+    detached) instead of a separate pass: equal up to the attention kernel (that pass runs attention on its math
+    kernel, a separate pass would not), one forward and backward pass less. The first-order gradients are dropped as
+    the product ``g . dL/dw`` is formed and ``H g`` becomes the scores in place, so the peak holds one step's forward
+    and first-order backward graphs, ``g`` and ``H g`` (GPT-2 small: about 2.6x its parameters' bytes of live
+    tensors).
     """
 
     name = "grasp"
@@ -53,18 +62,39 @@ class GraSPCriterion(Criterion):
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         model, names = context.model, list(context.params)
         batches = self.read_batches(context)
-        grads = average_gradients(model, names, batches, context.family)
-        weights = [context.params[n].param for n in names]
-        hessian_grad = [torch.zeros_like(w) for w in weights]
-        for batch in batches:
+        # With several batches g is their mean, needed before the first batch's product; with one it is that pass's.
+        # A separate pass also when masks are in force (IRP re-scoring): there g is the gradient that ``.grad``
+        # receives, which mask enforcement's gradient hooks zero at the pruned weights, as before.
+        separate = len(batches) > 1 or context.existing is not None
+        grads = average_gradients(model, names, batches, context.family) if separate else None
+        weights = list(require_grad_only(model, names).values())
+        hessian_grad: list[torch.Tensor] | None = None
+        for index, batch in enumerate(batches):
             # The fused attention kernels (flash, memory-efficient, CPU flash) have no double backward; the math
             # kernel is plain differentiable ops, so attention models (BERT, GPT-2, ViT) get a Hessian too. The same
             # holds for hard-sigmoid / hard-swish (MobileNetV3, EfficientNet-lite in timm).
             with sdpa_kernel(SDPBackend.MATH), twice_differentiable_activations():
                 loss = context.family.loss(model, batch) / len(batches)
-                first = torch.autograd.grad(loss, weights, create_graph=True)
-                dot = sum((g * grads[n]).sum() for g, n in zip(first, names, strict=True))
+                first = list(torch.autograd.grad(loss, weights, create_graph=True))
+                fixed = [f.detach() for f in first] if grads is None else [grads[n] for n in names]
+                # g . dL/dw, dropping each first-order gradient once used: the double backward reads none of them
+                # (each product saves only the fixed g), and, after the last batch, nothing of ours holds g either:
+                # the graph frees each of its tensors once used. Model-sized sets of tensors less at the peak.
+                dot = torch.zeros((), device=loss.device, dtype=loss.dtype)
+                for i in range(len(first)):
+                    dot = dot + (first[i] * fixed[i]).sum()
+                    first[i] = fixed[i] = None
+                del loss, first, fixed
+                if index == len(batches) - 1:
+                    grads = None
+                release_free_memory()  # what the first-order pass freed, before the double backward grows the heap
                 second = torch.autograd.grad(dot, weights)
-            for acc, h in zip(hessian_grad, second, strict=True):
-                acc.add_(h)
-        return {n: (w.detach() * hg) for n, w, hg in zip(names, weights, hessian_grad, strict=True)}
+                del dot
+            if hessian_grad is None:
+                hessian_grad = list(second)  # the first batch's product is the accumulator (0 + h is h)
+            else:
+                for acc, h in zip(hessian_grad, second, strict=True):
+                    acc.add_(h)
+            del second
+        # In place: w * (H g) written into H g (equal to w.detach() * hg: multiplication commutes).
+        return {n: hg.mul_(w.detach()) for n, w, hg in zip(names, weights, hessian_grad, strict=True)}

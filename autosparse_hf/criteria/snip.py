@@ -28,4 +28,5 @@ class SNIPCriterion(Criterion):
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         batches = self.read_batches(context)
         grads = average_gradients(context.model, context.params, batches, context.family)
-        return {name: (p.param.detach() * grads[name]).abs() for name, p in context.params.items()}
+        # In place: the gradients become the scores (w * g is g * w exactly), no second model-sized set of tensors.
+        return {name: grads[name].mul_(p.param.detach()).abs_() for name, p in context.params.items()}
