@@ -11,9 +11,10 @@ from typing import Any, ClassVar
 import torch
 
 from ..allocation.base import ExplicitCounts
-from ..gradients import average_gradients
+from ..gradients import loss_with, require_grad_only
 from ..masks import num_to_keep
 from ..masks.topk import top_count
+from ..state import release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
 from .progress import scoring_progress
 from .schedule import scheduled_count
@@ -48,6 +49,14 @@ class ProgressiveSensitivity(Criterion):
 
     Cost: ``steps * num_batches`` forward and backward passes, plus a linear-time selection per step.
 
+    Memory (GPT-2 small: about 2.5x its parameters' bytes at the peak): the model is never written; each step
+    evaluates the loss at ``w0 * m`` through ``torch.func.functional_call`` on one flat buffer of masked weights,
+    built for the step and freed after its backward pass, with gradients for those weights only. The saliencies of
+    all weights live in one flat float32 vector that the global selection reads in place; Iter SNIP keeps a weight's
+    saliency at its removal there too (it is never eligible again) and its step in a small integer vector, so the
+    float64 scores are built once, at the end, by the same arithmetic as a per-step record; ties go to ``|w0|`` read
+    at the tied entries only.
+
     Args:
         steps: Pruning steps (60 in the authors' published commands for CIFAR-10 and ImageNet; not tuned here).
         schedule: ``"exp"`` (the paper's recommendation) or ``"linear"`` density decay.
@@ -62,6 +71,7 @@ class ProgressiveSensitivity(Criterion):
     budgets: dict[str, int] | None = None
     progress: bool | None = None
     needs_data = True
+    writes_weights = False
     revives: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -81,103 +91,234 @@ class ProgressiveSensitivity(Criterion):
 
     def score(self, context: ScoringContext) -> dict[str, torch.Tensor]:
         started = time.perf_counter()
-        model, params, names = context.model, context.params, list(context.params)
+        model, params = context.model, context.params
         batches = self.read_batches(context)
         budgets = self.budgets if self.budgets is not None else context.budgets
         if budgets is not None:
             missing = sorted(set(params) - set(budgets))
             if missing:
                 raise ValueError(f"{self.name}: budgets lack prunable tensors {missing}")
-        w0 = {n: p.param.detach().clone() for n, p in params.items()}
-        allowed = {
-            n: (context.existing[n].bool().to(w0[n].device) if context.existing is not None
-                else torch.ones_like(w0[n], dtype=torch.bool))
-            for n in names
-        }
-        # Equal saliencies go to the larger initial magnitude, as prune_at_init's selection breaks them.
-        magnitude = torch.cat([w0[n].abs().reshape(-1).float() for n in names])
-        mask = dict(allowed)
-        # float64: iter_snip's encoding adds a step index to a fraction of the step's largest saliency.
-        result = {n: torch.full_like(w0[n], -1.0, dtype=torch.float64) for n in names}
-        total = sum(w.numel() for w in w0.values())
+        # w0: the model's own tensors, read only (the loss sees the masked weights through functional_call).
+        layout = _FlatLayout({n: p.param.detach() for n, p in params.items()})
+        device = layout.device
+        allowed = (
+            torch.cat([context.existing[n].bool().to(device).reshape(-1) for n in layout.names])
+            if context.existing is not None and layout.total
+            else None
+        )  # None: every weight may be kept
+        mask = allowed.clone() if allowed is not None else torch.ones(layout.total, dtype=torch.bool, device=device)
+        # The current step's saliencies |w0 * g| of the eligible weights, -1 elsewhere for FORCE; Iter SNIP keeps the
+        # saliency at removal of the weights it removed (never eligible again) and their step in ``removed_at``.
+        # FORCE rewrites every saliency each step: its vector exists from the end of a step's backward pass to the
+        # end of its selection (and for the final encoding), not during the next pass.
+        saliency = None if self.revives else torch.zeros(layout.total, dtype=torch.float32, device=device)
+        removed_at = None if self.revives else torch.zeros(layout.total, dtype=_step_dtype(self.steps), device=device)
+        peaks: list[float] = [1.0]  # peaks[k]: step k's largest eligible saliency (Iter SNIP's encoding scale)
         target = 1.0 - context.sparsity
+        require_grad_only(model, [])  # eval mode; no parameter of the model takes a gradient
         bar = scoring_progress(self.steps, f"{self.name} steps", self.progress, unit="step")
         try:
             for k in range(1, self.steps + 1):
-                with torch.no_grad():
-                    for n, p in params.items():
-                        p.param.copy_(w0[n] * mask[n])
-                grads = average_gradients(model, names, batches, context.family)
                 eligible = allowed if self.revives else mask
-                saliency = {n: (w0[n] * grads[n]).abs().float() for n in names}
-                del grads
-                keep, peak = self._select(saliency, eligible, magnitude, budgets, k, target, total)
-                self._record(result, saliency, mask, keep, peak, k)
+                saliency = self._saliency(context, layout, mask, eligible, batches, saliency)
+                values = saliency if self.revives else torch.where(mask, saliency, -1.0)
+                keep, peak = self._select(values, eligible, layout, budgets, k, target)
+                del values
+                if self.revives and k < self.steps:
+                    saliency = None
+                if removed_at is not None:
+                    # Step k's removals are the survivors it does not keep (keep lies inside mask); two fills instead
+                    # of a temporary mask & ~keep.
+                    removed_at.masked_fill_(mask, k).masked_fill_(keep, 0)
+                peaks.append(peak)
                 mask = keep
                 bar.update(1)
         finally:
             bar.close()
-        self._finish(result, saliency, mask, allowed)
-        logger.info("%s: %d steps over %d weights in %.1f s", self.name, self.steps, total, time.perf_counter() - started)
+        # Per-tensor copies of the saliencies, so that each goes once its float64 scores exist (the flat vector
+        # and all the scores would be three vectors' worth of float32 at once; this way it is at most two).
+        pieces = {n: layout.view(saliency, n).clone() for n in layout.names}
+        del saliency
+        result = self._finish(layout, pieces, mask, allowed, removed_at, peaks)
+        logger.info(
+            "%s: %d steps over %d weights in %.1f s", self.name, self.steps, layout.total, time.perf_counter() - started
+        )
         return result
+
+    def _saliency(
+        self,
+        context: ScoringContext,
+        layout: _FlatLayout,
+        mask: torch.Tensor,
+        eligible: torch.Tensor | None,
+        batches: list[Any],
+        saliency: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Write ``|w0 * g|`` of the eligible weights into ``saliency`` (FORCE: -1 at the others; a new vector when
+        ``None``) and return it, ``g`` the loss gradient at ``w0 * mask`` averaged over ``batches``; the masked
+        weights exist only for this pass."""
+        masked = layout.masked(mask)
+        leaves = [masked[n] for n in layout.names]
+        grads: list[torch.Tensor | None] | None = None
+        for batch in batches:
+            loss = loss_with(context.model, context.family, batch, masked)
+            if not loss.requires_grad:  # no prunable weight reaches the loss: every gradient is zero
+                continue
+            step = torch.autograd.grad(loss / len(batches), leaves, allow_unused=True)
+            if grads is None:
+                grads = list(step)
+            else:  # the order of ``.grad`` accumulation over batches, as ``average_gradients``
+                grads = [a if b is None else (b if a is None else a.add_(b)) for a, b in zip(grads, step, strict=True)]
+            del loss, step
+        del masked, leaves
+        if saliency is None:
+            saliency = torch.empty(layout.total, dtype=torch.float32, device=layout.device)
+        for i, n in enumerate(layout.names):
+            grad = grads[i] if grads is not None else None
+            if grads is not None:
+                grads[i] = None  # freed as soon as it is written
+            w0 = layout.weights[n]
+            value = (grad.mul_(w0).abs_() if grad is not None else torch.zeros_like(w0)).reshape(-1)
+            view = layout.view(saliency, n)
+            if eligible is None:
+                view.copy_(value)
+            elif self.revives:
+                view.copy_(value).masked_fill_(~layout.view(eligible, n), -1.0)
+            else:
+                # Entries outside ``mask`` keep the saliency they were removed with (``out`` aliases that input
+                # elementwise only).
+                torch.where(layout.view(eligible, n), value.float(), view, out=view)
+            del grad, value
+        release_free_memory()  # the pass's activations and gradients, before the selection and the next pass
+        return saliency
 
     def _select(
         self,
-        saliency: dict[str, torch.Tensor],
-        eligible: dict[str, torch.Tensor],
-        magnitude: torch.Tensor,
+        values: torch.Tensor,
+        eligible: torch.Tensor | None,
+        layout: _FlatLayout,
         budgets: Any,
         k: int,
         target: float,
-        total: int,
-    ) -> tuple[dict[str, torch.Tensor], float]:
+    ) -> tuple[torch.Tensor, float]:
         """Step ``k``'s mask (the top of the eligible saliencies, globally or inside per-tensor counts) and the largest
-        eligible saliency (1 when there is none or it is 0), the scale of ``iter_snip``'s encoding."""
-        names = list(saliency)
-        n_eligible = {n: int(eligible[n].sum()) for n in names}
-        # Ineligible weights score -1, below every saliency (>= 0): a top-k within the eligible count never takes one.
-        flat = {n: torch.where(eligible[n], saliency[n], -1.0).reshape(-1) for n in names}
+        eligible saliency (1 when there is none or it is 0), the scale of ``iter_snip``'s encoding. Ineligible weights
+        hold -1 in ``values``, below every saliency (>= 0): a top-k within the eligible count never takes one."""
+        total = layout.total
         if budgets is None:
             count = num_to_keep(total, 1.0 - self.density(k, target)) if k < self.steps else num_to_keep(total, 1.0 - target)
-            count = min(count, sum(n_eligible.values()))
-            values = torch.cat([flat[n] for n in names])
-            kept = top_count(values, count, tie_break=magnitude)
-            pieces = torch.split(kept, [saliency[n].numel() for n in names])
-            keep = {n: piece.reshape(saliency[n].shape) for n, piece in zip(names, pieces, strict=True)}
-            return keep, max(float(values.max()), 0.0) or 1.0
-        out, offset = {}, 0
-        for n in names:
-            numel = saliency[n].numel()
+            count = min(count, int(torch.count_nonzero(eligible)) if eligible is not None else total)
+            keep = _top_count_by_magnitude(values, count, layout)
+            peak = float(values.max()) if total else 0.0
+            return keep, max(peak, 0.0) or 1.0
+        keep = torch.zeros(total, dtype=torch.bool, device=values.device)
+        peak = 0.0
+        for n in layout.names:
+            numel = layout.numel[n]
             final = int(budgets[n])
             if not 0 <= final <= numel:
                 raise ValueError(f"{self.name}: budget of {n!r} is {final}, outside [0, {numel}]")
-            count = scheduled_count(numel, final, k, self.steps, n_eligible[n])
-            kept = top_count(flat[n], count, tie_break=magnitude[offset : offset + numel])
-            out[n] = kept.reshape(saliency[n].shape)
-            offset += numel
-        peak = max((float(flat[n].max()) for n in names if flat[n].numel()), default=0.0)
-        return out, max(peak, 0.0) or 1.0
-
-    def _record(
-        self,
-        result: dict[str, torch.Tensor],
-        saliency: dict[str, torch.Tensor],
-        mask: dict[str, torch.Tensor],
-        keep: dict[str, torch.Tensor],
-        peak: float,
-        k: int,
-    ) -> None:
-        """Encode the weights step ``k`` removes (``iter_snip``; FORCE encodes only the last step)."""
+            piece = layout.view(values, n)
+            n_eligible = int(torch.count_nonzero(layout.view(eligible, n))) if eligible is not None else numel
+            count = scheduled_count(numel, final, k, self.steps, n_eligible)
+            magnitude = layout.weights[n].abs().reshape(-1).float()
+            layout.view(keep, n).copy_(top_count(piece, count, tie_break=magnitude))
+            if numel:
+                peak = max(peak, float(piece.max()))
+        return keep, max(peak, 0.0) or 1.0
 
     def _finish(
         self,
-        result: dict[str, torch.Tensor],
+        layout: _FlatLayout,
         saliency: dict[str, torch.Tensor],
-        mask: dict[str, torch.Tensor],
-        allowed: dict[str, torch.Tensor],
-    ) -> None:
-        """Encode the final mask and the last step's saliencies into ``result``."""
+        mask: torch.Tensor,
+        allowed: torch.Tensor | None,
+        removed_at: torch.Tensor | None,
+        peaks: list[float],
+    ) -> dict[str, torch.Tensor]:
+        """The float64 scores encoding the final mask and the saliencies (see the class docstring); ``saliency``
+        holds each tensor's (1-D) and is emptied as the scores are built."""
         raise NotImplementedError
+
+
+@dataclass
+class _FlatLayout:
+    """The prunable tensors as consecutive pieces of flat vectors (one global selection reads them in place)."""
+
+    weights: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        self.names = list(self.weights)
+        self.numel = {n: w.numel() for n, w in self.weights.items()}
+        self.offsets: dict[str, int] = {}
+        offset = 0
+        for n in self.names:
+            self.offsets[n] = offset
+            offset += self.numel[n]
+        self.total = offset
+        first = next(iter(self.weights.values()), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+        dtypes = {w.dtype for w in self.weights.values()}
+        self.dtype = dtypes.pop() if len(dtypes) == 1 else None  # one flat buffer of masked weights when uniform
+
+    def view(self, flat: torch.Tensor, name: str) -> torch.Tensor:
+        """``name``'s piece of the flat vector ``flat`` (1-D)."""
+        offset = self.offsets[name]
+        return flat[offset : offset + self.numel[name]]
+
+    def masked(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``w0 * mask`` per tensor, as leaves that take gradients; one flat allocation when the dtypes agree, so the
+        buffer goes back to the system when the step drops it."""
+        buffer = torch.empty(self.total, dtype=self.dtype, device=self.device) if self.dtype is not None else None
+        out = {}
+        for n, w0 in self.weights.items():
+            target = self.view(buffer, n).view(w0.shape) if buffer is not None else torch.empty_like(w0)
+            torch.mul(w0, self.view(mask, n).view(w0.shape), out=target)
+            out[n] = target.requires_grad_(True)
+        return out
+
+    def magnitude_at(self, index: torch.Tensor) -> torch.Tensor:
+        """``|w0|`` (float32) at the flat positions ``index`` (ascending)."""
+        out = torch.empty(index.numel(), dtype=torch.float32, device=index.device)
+        starts = torch.tensor([self.offsets[n] for n in self.names], device=index.device)
+        which = torch.searchsorted(starts, index, right=True) - 1
+        for i, n in enumerate(self.names):
+            chosen = torch.nonzero(which == i).squeeze(1)
+            if chosen.numel():
+                local = index.index_select(0, chosen) - self.offsets[n]
+                out[chosen] = self.weights[n].reshape(-1).index_select(0, local.to(self.device)).abs().float()
+        return out
+
+
+def _step_dtype(steps: int) -> torch.dtype:
+    """The smallest integer type that holds step numbers up to ``steps``."""
+    return torch.uint8 if steps < 256 else torch.int16 if steps < 2**15 else torch.int32
+
+
+def _top_count_by_magnitude(values: torch.Tensor, count: int, layout: _FlatLayout) -> torch.Tensor:
+    """``top_count(values, count, tie_break=|w0|)`` without a flat copy of ``|w0|``: the magnitudes are read only at
+    the entries tied at the threshold, and only when those ties decide which weights are kept."""
+    keep = top_count(values, count)  # ties in index order
+    if count <= 0 or count >= values.numel():
+        return keep
+    # The count-th largest value is the smallest kept one (read in chunks: no value-sized temporary).
+    chunk = 1 << 23
+    threshold = min(
+        float(torch.where(keep[i : i + chunk], values[i : i + chunk], math.inf).amin())
+        for i in range(0, values.numel(), chunk)
+    )
+    threshold = torch.tensor(threshold, dtype=values.dtype, device=values.device)
+    tied = values == threshold
+    needed = count - int(torch.count_nonzero(values > threshold))
+    if needed == int(torch.count_nonzero(tied)):
+        return keep  # every tied value is kept: no tie-break needed
+    # As top_count's tie_break: the ``needed`` tied entries of largest |w0|, their own ties in index order.
+    index = torch.nonzero(tied).squeeze(1)
+    del tied
+    chosen = index.index_select(0, torch.nonzero(top_count(layout.magnitude_at(index), needed)).squeeze(1))
+    keep = values > threshold
+    keep[chosen] = True
+    return keep
 
 
 @register_criterion
@@ -196,16 +337,20 @@ class IterSNIPCriterion(ProgressiveSensitivity):
     name = "iter_snip"
     revives = False
 
-    def _record(self, result, saliency, mask, keep, peak, k) -> None:  # noqa: ANN001
-        for n in mask:
-            gone = torch.nonzero((mask[n] & ~keep[n]).reshape(-1)).squeeze(1)  # the few weights this step removes
-            value = (k - 1) + 0.5 * saliency[n].reshape(-1).index_select(0, gone).double() / peak
-            result[n].view(-1).index_copy_(0, gone, value)
-
-    def _finish(self, result, saliency, mask, allowed) -> None:  # noqa: ANN001
-        peak = _peak(saliency, mask)
-        for n, kept in mask.items():
-            result[n][kept] = self.steps + saliency[n][kept].double() / peak
+    def _finish(self, layout, saliency, mask, allowed, removed_at, peaks) -> dict[str, torch.Tensor]:  # noqa: ANN001
+        # A weight removed at step k scores (k - 1) + 0.5 s / peak_k with s its saliency then; a survivor scores
+        # steps + s / peak, s its last saliency and peak the largest among survivors; the rest (pruned before) -1.
+        peak = _peak(saliency, mask, layout)
+        scales = torch.tensor(peaks, dtype=torch.float64, device=mask.device)
+        result = {}
+        for n in layout.names:
+            values, kept, step = saliency.pop(n).double(), layout.view(mask, n), layout.view(removed_at, n)
+            at = step.long()  # 0 (scale 1) where nothing was removed: those entries are not read
+            removed = (at - 1).double() + 0.5 * values / scales[at]
+            out = torch.where(kept, self.steps + values / peak, torch.where(at > 0, removed, -1.0))
+            result[n] = out.view(layout.weights[n].shape)
+            del values, at, removed, out
+        return result
 
 
 @register_criterion
@@ -224,14 +369,25 @@ class FORCECriterion(ProgressiveSensitivity):
     name = "force"
     revives = True
 
-    def _finish(self, result, saliency, mask, allowed) -> None:  # noqa: ANN001
-        peak = _peak(saliency, allowed)
-        for n, kept in mask.items():
-            scaled = saliency[n].double() / peak
-            result[n] = torch.where(kept, 1.0 + scaled, torch.where(allowed[n], 0.5 * scaled, -1.0))
+    def _finish(self, layout, saliency, mask, allowed, removed_at, peaks) -> dict[str, torch.Tensor]:  # noqa: ANN001
+        # A final survivor scores 1 + s / peak, every other allowed weight 0.5 s / peak (s the last step's saliency,
+        # peak the largest allowed one), weights pruned before scoring -1.
+        peak = _peak(saliency, allowed, layout)
+        result = {}
+        for n in layout.names:
+            scaled = saliency.pop(n).double() / peak
+            others = 0.5 * scaled if allowed is None else torch.where(layout.view(allowed, n), 0.5 * scaled, -1.0)
+            result[n] = torch.where(layout.view(mask, n), 1.0 + scaled, others).view(layout.weights[n].shape)
+            del scaled, others
+        return result
 
 
-def _peak(values: dict[str, torch.Tensor], where: dict[str, torch.Tensor]) -> float:
-    """The largest of ``values`` at ``where`` (1 when there is none or it is 0): the scale of the encoding."""
-    peak = max((float(v[where[n]].max()) for n, v in values.items() if bool(where[n].any())), default=0.0)
+def _peak(values: dict[str, torch.Tensor], where: torch.Tensor | None, layout: _FlatLayout) -> float:
+    """The largest of ``values`` (per tensor, 1-D) at ``where`` (flat; ``None``: everywhere), 1 when there is none or
+    it is 0: the scale of the encoding."""
+    peak = 0.0
+    for n in layout.names:
+        piece = values[n] if where is None else values[n][layout.view(where, n)]
+        if piece.numel():
+            peak = max(peak, float(piece.max()))
     return peak or 1.0

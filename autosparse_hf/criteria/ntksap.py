@@ -12,14 +12,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from ..allocation.base import ExplicitCounts
-from ..families import ModelFamily, PrunableParameter
+from ..families import PrunableParameter
 from ..gradients import take_batches
 from ..masks import num_to_keep
 from ..masks.topk import top_count
+from ..state import batch_norm_layers, release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
+from .ntksap_sampling import FamilyCall, is_integer, micro_batches, random_inputs, resample_stds
 from .progress import scoring_progress
 from .schedule import scheduled_count
 
@@ -135,9 +136,9 @@ class NTKSAPCriterion(Criterion):
     def __post_init__(self) -> None:
         for option in ("rounds", "num_samples", "batch_size"):
             value = getattr(self, option)
-            if not _is_int(value) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
-        if self.micro_batch_size is not None and (not _is_int(self.micro_batch_size) or self.micro_batch_size < 1):
+        if self.micro_batch_size is not None and (not is_integer(self.micro_batch_size) or self.micro_batch_size < 1):
             raise ValueError(f"micro_batch_size must be an integer >= 1 or None, got {self.micro_batch_size!r}")
         if (
             not isinstance(self.epsilon, numbers.Real)
@@ -149,13 +150,13 @@ class NTKSAPCriterion(Criterion):
         for option in ("resample_weights", "calibrate_norm"):
             if not isinstance(getattr(self, option), bool):
                 raise ValueError(f"{option} must be True or False, got {getattr(self, option)!r}")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_integer(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.progress is not None and not isinstance(self.progress, bool):
             raise ValueError(f"progress must be True, False or None, got {self.progress!r}")
         if self.budgets is not None:
             if not isinstance(self.budgets, Mapping) or not all(
-                isinstance(n, str) and _is_int(c) and c >= 0 for n, c in self.budgets.items()
+                isinstance(n, str) and is_integer(c) and c >= 0 for n, c in self.budgets.items()
             ):
                 raise ValueError(
                     f"budgets must map parameter names to kept counts (integers >= 0), got {self.budgets!r}"
@@ -174,19 +175,25 @@ class NTKSAPCriterion(Criterion):
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        alive_mask = {
+        # Which weights are still in: one boolean per weight (the survivors of each round, in position order).
+        alive = {
             n: (context.existing[n].bool().to(p.param.device) if context.existing is not None
-                else torch.ones_like(p.param, dtype=torch.bool))
+                else torch.ones_like(p.param, dtype=torch.bool)).reshape(-1)
             for n, p in params.items()
         }
-        sigma = _resample_stds(params, alive_mask) if self.resample_weights else {}
-        result = {n: torch.where(alive_mask[n], 0.0, -1.0).to(torch.float64).contiguous() for n in params}
-        alive = {n: torch.nonzero(m.reshape(-1)).squeeze(1) for n, m in alive_mask.items()}
-        del alive_mask
+        sigma = resample_stds(params, alive) if self.resample_weights else {}
+        # The record the float64 scores are built from at the end: a removed weight's saliency then (in the dtype it
+        # is computed in, float32 for float32 weights) and its round (0: never removed); 5 bytes a float32 weight
+        # instead of the 8 of float64 scores held through every round.
+        removed_saliency = {n: torch.zeros(p.param.numel(), dtype=p.param.dtype, device=p.param.device)
+                            for n, p in params.items()}
+        step = torch.uint8 if self.rounds < 256 else torch.int32
+        removed_round = {n: torch.zeros(a.numel(), dtype=step, device=a.device) for n, a in alive.items()}
+        peaks = [1.0]  # peaks[k]: the largest survivor saliency of round k
         device = next(iter(params.values())).param.device
         generator = torch.Generator(device=device).manual_seed(int(self.seed))
-        call = _FamilyCall(model, family)
-        norms = _batch_norms(model) if self.calibrate_norm else []
+        call = FamilyCall(model, family)
+        norms = batch_norm_layers(model) if self.calibrate_norm else []
         momenta = [m.momentum for m in norms]
         total = sum(p.param.numel() for p in params.values())
         target_density = 1.0 - context.sparsity
@@ -196,19 +203,38 @@ class NTKSAPCriterion(Criterion):
                 m.momentum = 1.0
             for k in range(1, self.rounds + 1):
                 saliency = self._saliency(call, params, alive, sigma, template, generator, norms, k)
-                survivors = {n: saliency[n].reshape(-1).index_select(0, alive[n]).to(torch.float64) for n in params}
+                # Selection reads the saliencies as computed (float32 for float32 weights: the same order as their
+                # exact float64 values); the encoding below is float64.
+                survivors = {n: saliency[n].reshape(-1)[alive[n]] for n in params}
                 keeps = self._select_round(
                     params, survivors, alive, budgets, k, target_density, total, context.sparsity
                 )
-                peak = max((float(s.max()) for s in survivors.values() if s.numel()), default=0.0) or 1.0
+                peaks.append(max((float(s.max()) for s in survivors.values() if s.numel()), default=0.0) or 1.0)
+                del survivors
                 for n in params:
-                    keep = keeps[n]
-                    removed = alive[n][~keep]
-                    result[n].view(-1)[removed.to(result[n].device)] = (k - 1) + 0.5 * survivors[n][~keep] / peak
-                    alive[n] = alive[n][keep]
-                    if k == self.rounds:
-                        result[n].view(-1)[alive[n].to(result[n].device)] = self.rounds + survivors[n][keep] / peak
+                    values = saliency.pop(n).reshape(-1)
+                    kept = torch.zeros_like(alive[n]).masked_scatter_(alive[n], keeps.pop(n))
+                    removed = alive[n] & ~kept
+                    removed_saliency[n].masked_scatter_(removed, values[removed])
+                    removed_round[n].masked_fill_(removed, k)
+                    alive[n] = kept
+                    if k < self.rounds:
+                        del values
+                    else:
+                        saliency[n] = values  # the survivors' last saliencies
+                    del removed
                 bar.update(1)
+            # A weight removed in round r scores (r - 1) + 0.5 s_r / peak_r, a survivor rounds + s / peak (its last
+            # saliency), one pruned before scoring -1: float64 arithmetic on the float32 saliencies, in that order.
+            scales = torch.tensor(peaks, dtype=torch.float64, device=device)
+            result = {}
+            for n in params:
+                r = removed_round.pop(n).long()
+                removed = (r - 1).double() + 0.5 * removed_saliency.pop(n).double() / scales[r]
+                survived = self.rounds + saliency.pop(n).double() / peaks[-1]
+                scores = torch.where(alive[n], survived, torch.where(r > 0, removed, -1.0))
+                result[n] = scores.view(params[n].param.shape)
+                del r, removed, survived
         finally:
             bar.close()
             for m, momentum in zip(norms, momenta, strict=True):
@@ -231,13 +257,13 @@ class NTKSAPCriterion(Criterion):
             raise ValueError(f"budgets lack prunable tensors {missing}")
         for n, p in params.items():
             count = budgets[n]
-            if not _is_int(count) or not 0 <= count <= p.param.numel():
+            if not is_integer(count) or not 0 <= count <= p.param.numel():
                 raise ValueError(f"budgets[{n!r}] must be an integer in [0, {p.param.numel()}], got {count!r}")
         return {n: int(budgets[n]) for n in params}
 
     def _saliency(
         self,
-        call: _FamilyCall,
+        call: FamilyCall,
         params: dict[str, PrunableParameter],
         alive: dict[str, torch.Tensor],
         sigma: dict[str, float],
@@ -246,11 +272,33 @@ class NTKSAPCriterion(Criterion):
         norms: list[nn.Module],
         k: int,
     ) -> dict[str, torch.Tensor]:
-        """``|sum over samples of dS/dm|`` for round ``k``, whole tensors (the signed gradients are summed first)."""
+        """``|sum over samples of dS/dm|`` for round ``k``, whole tensors (the signed gradients are summed first);
+        only the entries ``alive`` marks are meaningful.
+
+        ``dS/dm`` at a surviving weight (``m = 1``) is ``theta * dS/dA + (theta + dtheta) * dS/dB`` with ``A = theta *
+        m`` and ``B = (theta + dtheta) * m`` the two weight sets the passes use, and ``theta = A``, ``theta + dtheta
+        = B`` there: so only ``A`` and ``B`` are kept (built in the storage of the draws), not ``theta``, ``dtheta``
+        and a float mask besides, and the gradient is taken with respect to them. The products are the ones the
+        mask's own backward would form, so the saliencies of surviving weights are unchanged (pruned ones read 0).
+        """
         device = generator.device
         total: dict[str, torch.Tensor] = {n: torch.zeros_like(p.param, dtype=p.param.dtype) for n, p in params.items()}
+        # Each gradient is folded into the mask's as soon as backward has it (its product with its weight set, then
+        # the sum of the two): the perturbed pass's gradients wait for the clean one's, and no full set of gradients
+        # is ever held.
+        pending: dict[str, torch.Tensor] = {}
+
+        def fold(name: str, leaf: torch.Tensor) -> None:
+            part = leaf.grad.mul_(leaf.detach())
+            leaf.grad = None
+            other = pending.pop(name, None)
+            if other is None:
+                pending[name] = part
+            else:
+                total[name] += other.add_(part)
+
         for _ in range(self.num_samples):
-            inputs = _random_inputs(template, self.batch_size, generator)
+            inputs = random_inputs(template, self.batch_size, generator)
             if self.resample_weights:
                 theta = {
                     n: (torch.randn(p.param.shape, generator=generator, device=device, dtype=p.param.dtype)
@@ -259,40 +307,54 @@ class NTKSAPCriterion(Criterion):
                 }
             else:
                 theta = {n: p.param.detach() for n, p in params.items()}
-            delta = {
-                n: (torch.randn(p.param.shape, generator=generator, device=device, dtype=p.param.dtype)
-                    .mul_(self.epsilon).to(p.param.device))
-                for n, p in params.items()
-            }
-            masks = {}
+            # B = (theta + dtheta) * m, in the storage of dtheta (drawn after every theta, as before).
+            clean, perturbed = {}, {}
             for n, p in params.items():
-                mask = torch.zeros(p.param.numel(), dtype=p.param.dtype, device=p.param.device)
-                mask[alive[n]] = 1.0
-                masks[n] = mask.reshape(p.param.shape).requires_grad_(True)
+                delta = (torch.randn(p.param.shape, generator=generator, device=device, dtype=p.param.dtype)
+                         .mul_(self.epsilon).to(p.param.device))
+                mask = alive[n].view(p.param.shape)
+                perturbed[n] = delta.add_(theta[n]).mul_(mask).requires_grad_(True)
+            for n in params:
+                mask = alive[n].view(params[n].param.shape)
+                a = theta.pop(n)
+                clean[n] = (a.mul_(mask) if self.resample_weights else a * mask).requires_grad_(True)
+            del theta
             if norms:
-                self._calibrate(call, norms, {n: theta[n] * masks[n].detach() for n in params}, inputs)
-            for chunk in _micro_batches(inputs, self.batch_size, self.micro_batch_size or self.batch_size):
-                clean = call.run({n: theta[n] * masks[n] for n in params}, chunk)
-                perturbed = call.run({n: (theta[n] + delta[n]) * masks[n] for n in params}, chunk)
-                objective = (clean - perturbed).pow(2).sum()
-                if not math.isfinite(float(objective.detach())):
-                    raise ValueError(
-                        f"ntksap: the output difference is not finite in round {k} (the random input or weights "
-                        "overflow the model); try a smaller epsilon, calibrate_norm=True or resample_weights=False"
-                    )
-                grads = torch.autograd.grad(objective, list(masks.values()), allow_unused=True)
-                for n, grad in zip(params, grads, strict=True):
-                    if grad is not None:
-                        total[n] += grad
-                del clean, perturbed, objective, grads
-        bad = [n for n, g in total.items() if not bool(torch.isfinite(g.reshape(-1).index_select(0, alive[n])).all())]
+                self._calibrate(call, norms, {n: a.detach() for n, a in clean.items()}, inputs)
+            leaves = [*clean.values(), *perturbed.values()]
+            handles = [
+                leaf.register_post_accumulate_grad_hook(lambda leaf, name=n: fold(name, leaf))
+                for weights in (clean, perturbed) for n, leaf in weights.items()
+            ]
+            try:
+                for chunk in micro_batches(inputs, self.batch_size, self.micro_batch_size or self.batch_size):
+                    difference = call.run(clean, chunk) - call.run(perturbed, chunk)
+                    objective = difference.pow(2).sum()
+                    del difference
+                    if not math.isfinite(float(objective.detach())):
+                        raise ValueError(
+                            f"ntksap: the output difference is not finite in round {k} (the random input or weights "
+                            "overflow the model); try a smaller epsilon, calibrate_norm=True or resample_weights=False"
+                        )
+                    if objective.requires_grad:
+                        objective.backward(inputs=leaves)
+                    del objective
+                    for name, part in pending.items():  # a weight set that one of the passes does not reach
+                        total[name] += part
+                    pending.clear()
+            finally:
+                for handle in handles:
+                    handle.remove()
+            del clean, perturbed, leaves
+            release_free_memory()  # the draw's passes, before the next draw's weight sets
+        bad = [n for n, g in total.items() if not bool(torch.isfinite(g.reshape(-1)[alive[n]]).all())]
         if bad:
             raise ValueError(f"ntksap: non-finite saliencies in round {k} for {bad}")
         return {n: g.abs_() for n, g in total.items()}
 
     @staticmethod
     def _calibrate(
-        call: _FamilyCall, norms: list[nn.Module], weights: dict[str, torch.Tensor], inputs: dict[str, Any]
+        call: FamilyCall, norms: list[nn.Module], weights: dict[str, torch.Tensor], inputs: dict[str, Any]
     ) -> None:
         """Set the batch-norm running statistics to those of ``inputs`` through the masked network (momentum 1)."""
         for m in norms:
@@ -321,78 +383,17 @@ class NTKSAPCriterion(Criterion):
         sparsity: float,
     ) -> dict[str, torch.Tensor]:
         """Which survivors round ``k`` keeps: one boolean per entry of ``survivors[name]``."""
-        n_alive = {n: a.numel() for n, a in alive.items()}
+        n_alive = {n: s.numel() for n, s in survivors.items()}
         if budgets is None:
             final = num_to_keep(total, sparsity)
             count = final if k == self.rounds else round(total * target_density ** (k / self.rounds))
             count = min(max(count, final), sum(n_alive.values()))
             flat = torch.cat([survivors[n] for n in params])
             kept = top_count(flat, count)
+            del flat
             return dict(zip(params, torch.split(kept, [n_alive[n] for n in params]), strict=True))
         keeps = {}
         for n, p in params.items():
             numel, final = p.param.numel(), budgets[n]
             keeps[n] = top_count(survivors[n], scheduled_count(numel, final, k, self.rounds, n_alive[n]))
         return keeps
-
-
-class _FamilyCall(nn.Module):
-    """The family's forward pass (``synflow_output``) as a module, so ``functional_call`` can substitute weights."""
-
-    def __init__(self, model: nn.Module, family: ModelFamily) -> None:
-        super().__init__()
-        self.model = model
-        self.family = family
-
-    def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
-        return self.family.synflow_output(self.model, inputs)
-
-    def run(self, weights: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
-        """The output with the prunable weights replaced by ``weights`` (tied aliases follow)."""
-        return functional_call(self, {f"model.{n}": w for n, w in weights.items()}, (inputs,), strict=False)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _batch_norms(model: nn.Module) -> list[nn.Module]:
-    """Batch-norm layers (any ``_BatchNorm``, timm's ``BatchNormAct2d`` included) that keep running statistics."""
-    return [
-        m for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None
-    ]
-
-
-def _resample_stds(params: dict[str, PrunableParameter], alive: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per tensor, the root mean square of the weights ``alive`` keeps; ``1 / sqrt(fan_in)`` where that is 0."""
-    stds = {}
-    for n, p in params.items():
-        kept = torch.masked_select(p.param.detach().double(), alive[n])
-        rms = float(kept.pow(2).mean().sqrt()) if kept.numel() else 0.0
-        stds[n] = rms if rms > 0.0 and math.isfinite(rms) else 1.0 / math.sqrt(max(p.fan_in, 1))
-    return stds
-
-
-def _random_inputs(template: Mapping[str, Any], batch_size: int, generator: torch.Generator) -> dict[str, Any]:
-    """Standard normal inputs shaped like ``template``'s first example, ``batch_size`` of them."""
-    inputs: dict[str, Any] = {}
-    for key, value in template.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            shape = (batch_size, *value.shape[1:])
-            inputs[key] = torch.randn(
-                shape, generator=generator, device=generator.device, dtype=value.dtype
-            ).to(value.device)
-        elif isinstance(value, torch.Tensor) and value.dim() > 0:
-            inputs[key] = value[:1].expand(batch_size, *value.shape[1:])
-        else:
-            inputs[key] = value
-    return inputs
-
-
-def _micro_batches(inputs: dict[str, Any], batch_size: int, size: int) -> list[dict[str, Any]]:
-    """``inputs`` split along the batch dimension into pieces of at most ``size`` examples (one piece if it fits)."""
-    return [
-        {k: v[start : start + size] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in inputs.items()}
-        for start in range(0, batch_size, size)
-    ] if size < batch_size else [inputs]

@@ -12,38 +12,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..families import ModelFamily
-from ..gradients import take_batches
+from ..gradients import loss_with, take_batches
+from ..state import batch_norm_layers, release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
 from .grasp import twice_differentiable_activations
 from .progress import scoring_progress
 
 logger = logging.getLogger(__name__)
-
-
-class _FamilyLoss(nn.Module):
-    """``family.loss(model, batch)`` as the ``forward`` of a module, so that ``torch.func.functional_call`` can run
-    it with substituted tensors.
-
-    ``functional_call(module, tensors, args)`` swaps the named tensors into ``module`` and its submodules, calls
-    ``module.forward(*args)`` and swaps the originals back (the model's own parameters are never written). The family
-    adapters call the model in their own way (``model(**batch)``, ``model(x)`` plus a cross-entropy, ...), so the
-    module given to ``functional_call`` is this thin wrapper whose only child is the model: every parameter of the
-    model is reachable as ``"model." + name`` and the family's loss runs unchanged on the substituted tensors. Only
-    public API is used (no layer replacement, no monkey-patching), so any ``nn.Module`` works: plain torch, timm,
-    transformers.
-    """
-
-    def __init__(self, model: nn.Module, family: ModelFamily) -> None:
-        super().__init__()
-        self.model = model
-        self.family = family
-
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self.family.loss(self.model, batch)
 
 
 @register_criterion
@@ -81,8 +59,12 @@ class ProsPrCriterion(Criterion):
 
     Deviations, for a library that scores any model the same way:
 
-    - The model is scored in eval mode like every criterion here (dropout off, batch norm on its running statistics,
-      which are not updated); the official code runs the inner steps in train mode (batch statistics).
+    - Dropout is off (eval mode, like every criterion here); batch norm normalizes with each batch's own statistics
+      (``batch_statistics=True``, the default), as in the official code, which runs in train mode. The running
+      statistics the passes update are put back by ``compute_scores``. ``batch_statistics=False`` uses the running
+      statistics instead, which at initialization (mean 0, variance 1) normalize nothing: a deep residual network's
+      activations then grow with depth and three SGD steps at ``inner_lr=0.1`` diverge (timm's ResNet-50 reaches
+      NaN; ``tests/criteria/test_prospr.py``).
     - Batches: the T inner steps take the dataloader's first T batches, one each, and the meta-loss is averaged
       over the ``num_batches`` batches after them (so ``inner_steps + num_batches`` batches are read; with the default
       ``num_batches=1``, batches 1..T train and batch T+1 scores). When the dataloader holds fewer, they are
@@ -91,17 +73,26 @@ class ProsPrCriterion(Criterion):
     - The model is never copied nor modified: the masked and updated weights are functional tensors fed through
       ``torch.func.functional_call``; buffers are the model's own.
 
-    Cost: ``inner_steps + num_batches`` forward and backward passes. Second order (the default) keeps the graph of
-    every inner step and its gradient (about ``inner_steps + 1`` forward graphs, their backward graphs and one copy of
-    the parameters per step) and the final backward pass runs through all of them, roughly doubling the time of the
-    inner backward passes. Attention runs on its math kernel then, and hard-sigmoid / hard-swish are swapped for
-    equal twice-differentiable forms (as for GraSP), since the fused kernels have no double backward.
-    ``first_order=True`` costs as much memory as one training step.
+    Cost: second order (the default) differentiates through the trajectory in reverse, one inner step at a time,
+    instead of keeping the graphs of all inner steps at once: ``v = dL(w_T)/dw_T``, then for ``t = T-1 .. 0``
+    ``v <- v - inner_lr * H_t v`` (``H_t`` the Hessian of step t's loss at ``w_t``, a Hessian-vector product by double
+    backward), and ``dL/dc = w_init * v``: the same chain rule as backpropagating through the unrolled graph, with
+    one step's graph in memory. ``w_t`` is recomputed from ``w_0`` by ``t`` plain SGD steps when its level is
+    reached (nothing is stored), so the passes are ``T (T + 1) / 2 + T`` first-order steps, ``num_batches`` meta
+    passes and ``T`` double-backward passes; the memory is one step's forward and first-order backward graphs plus
+    three parameter-sized vectors (``v``, ``-inner_lr * v`` and the recomputed ``w_t``; GPT-2 small: about 4.5x its
+    parameters' bytes), against ``T + 1`` graphs and parameter copies when the whole trajectory is unrolled. The
+    result agrees with the unrolled computation to rounding (summation order). Attention runs on its math kernel,
+    and hard-sigmoid / hard-swish are swapped for equal twice-differentiable forms (as for GraSP), since the fused
+    kernels have no double backward. ``first_order=True`` costs ``T`` training steps and the meta passes, with
+    about two parameter-sized vectors in memory.
 
     Args:
         inner_steps: SGD steps T unrolled before the meta-loss (>= 1; 3, the official code's default).
         inner_lr: Learning rate of the inner SGD steps (> 0; 0.1, the official code's default).
         first_order: Treat the inner gradients as constants (the paper's first-order approximation).
+        batch_statistics: Batch norm on each batch's statistics (train mode for the batch-norm layers only, as the
+            official code), else on the running statistics (eval mode).
         progress: ``True`` shows a ``tqdm`` bar over the passes, ``False`` never; ``None`` (default) follows the
             transformers progress-bar switch and shows the bar only once scoring has taken a couple of seconds (see
             ``autosparse_hf.criteria.progress``).
@@ -119,6 +110,7 @@ class ProsPrCriterion(Criterion):
     inner_steps: int = 3
     inner_lr: float = 0.1
     first_order: bool = False
+    batch_statistics: bool = True
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -131,8 +123,9 @@ class ProsPrCriterion(Criterion):
             or self.inner_lr <= 0
         ):
             raise ValueError(f"inner_lr must be a finite number > 0, got {self.inner_lr!r}")
-        if not isinstance(self.first_order, bool):
-            raise ValueError(f"first_order must be True or False, got {self.first_order!r}")
+        for option in ("first_order", "batch_statistics"):
+            if not isinstance(getattr(self, option), bool):
+                raise ValueError(f"{option} must be True or False, got {getattr(self, option)!r}")
         if self.progress is not None and not isinstance(self.progress, bool):
             raise ValueError(f"progress must be True, False or None, got {self.progress!r}")
 
@@ -146,54 +139,37 @@ class ProsPrCriterion(Criterion):
         self._distinct_batches = len(drawn)
         batches = [drawn[i % len(drawn)] for i in range(self.inner_steps + num_meta)]
         model.eval()
-        loss_of = _FamilyLoss(model, family)
-
-        # The mask c (ones) on each prunable weight; w_0 = w_init * c. Every other floating parameter starts as a
-        # leaf view of itself (no copy); it depends on c from the first step on, through the gradients.
-        masks = {n: torch.ones_like(p.param, requires_grad=True) for n, p in context.params.items()}
-        fast: dict[str, torch.Tensor] = {}
-        for n, p in model.named_parameters():
-            if n in masks:
-                fast[n] = p.detach() * masks[n]
-            elif p.is_floating_point():
-                fast[n] = p.detach().requires_grad_(True)
-        missing = sorted(set(masks) - set(fast))
+        if self.batch_statistics:
+            for norm in batch_norm_layers(model):
+                norm.train()  # batch statistics; the running ones it updates are restored by compute_scores
+        prunable = {n: p.param for n, p in context.params.items()}
+        # w_0 = w_init * c at c = 1, i.e. the model's own tensors (never written): every floating parameter trains.
+        start = {n: p.detach() for n, p in model.named_parameters() if p.is_floating_point()}
+        missing = sorted(set(prunable) - set(start))
         if missing:
             raise ValueError(f"prospr: prunable parameters {missing} are not parameters of {type(model).__name__}")
-
-        def loss(batch: Any, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(loss_of, {f"model.{n}": t for n, t in tensors.items()}, (batch,))
-
-        second_order = not self.first_order
-        lr = float(self.inner_lr)
-        meta = {n: torch.zeros_like(m) for n, m in masks.items()}
-        bar = scoring_progress(self.inner_steps + num_meta, "ProsPr passes", self.progress, unit="pass")
+        steps = self.inner_steps
+        passes = steps + num_meta + (steps * (steps + 1) // 2 + steps if not self.first_order else 0)
+        bar = scoring_progress(passes, "ProsPr passes", self.progress, unit="pass")
         try:
             with ExitStack() as stack:
-                if second_order:
+                if not self.first_order:
                     # Double backward: the fused attention kernels and torch's hard-sigmoid/hard-swish backward
-                    # have none (see GraSP).
+                    # have none (see GraSP). Every pass runs so, to follow one trajectory.
                     stack.enter_context(sdpa_kernel(SDPBackend.MATH))
                     stack.enter_context(twice_differentiable_activations())
-                for step in range(self.inner_steps):
-                    inner = loss(batches[step], fast)
-                    grads = torch.autograd.grad(
-                        inner, list(fast.values()), create_graph=second_order, allow_unused=True
-                    )
-                    fast = {n: t if g is None else t - lr * g for (n, t), g in zip(fast.items(), grads, strict=True)}
-                    del inner, grads
-                    bar.update(1)
-                names = list(masks)
-                for k, batch in enumerate(batches[self.inner_steps :]):
-                    outer = loss(batch, fast) / num_meta
-                    grads = torch.autograd.grad(
-                        outer, [masks[n] for n in names], retain_graph=k < num_meta - 1, allow_unused=True
-                    )
-                    for n, g in zip(names, grads, strict=True):
-                        if g is not None:
-                            meta[n].add_(g)
-                    del outer, grads
-                    bar.update(1)
+                run = _Trajectory(model, family, batches, float(self.inner_lr), start, bar)
+                final = run.train(steps)
+                if self.first_order:
+                    # The inner gradients are constants: dw_T/dw_0 is the identity, dL/dc = w_init * dL/dw_T.
+                    meta = run.meta_gradient(final, batches[steps:], num_meta, list(prunable), scale=prunable)
+                else:
+                    v = run.meta_gradient(final, batches[steps:], num_meta, list(start))
+                    del final
+                    for t in reversed(range(steps)):
+                        v = run.backpropagate(v, t)
+                    meta = {n: v.pop(n).mul_(w.detach()) for n, w in prunable.items()}  # d(w_init * c)/dc
+                    del v
         finally:
             bar.close()
         logger.info(
@@ -203,10 +179,138 @@ class ProsPrCriterion(Criterion):
             num_meta,
             time.perf_counter() - started,
         )
-        return {n: g.abs() for n, g in meta.items()}
+        return {n: g.abs_() for n, g in meta.items()}
 
     def batches_used(self, num_batches: int) -> int:
         """Distinct batches read: ``inner_steps + num_batches``, fewer when the last dataloader scored held fewer."""
         wanted = self.inner_steps + num_batches
         distinct = getattr(self, "_distinct_batches", None)
         return wanted if distinct is None else min(wanted, distinct)
+
+
+class _Trajectory:
+    """The inner SGD trajectory ``w_{t+1} = w_t - lr * dL(w_t; D_t)/dw_t`` from ``w_0`` (the model's tensors), and
+    the chain rule through it, one step at a time. Weights are substituted with ``functional_call`` (``loss_with``),
+    so the model is never written."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        family: ModelFamily,
+        batches: list[Any],
+        lr: float,
+        start: dict[str, torch.Tensor],
+        bar: Any,
+    ) -> None:
+        self.model, self.family, self.batches, self.lr, self.start, self.bar = model, family, batches, lr, start, bar
+
+    def loss(self, batch: Any, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return loss_with(self.model, self.family, batch, tensors)
+
+    def train(self, steps: int) -> dict[str, torch.Tensor]:
+        """``w_steps`` by first-order SGD steps, no graph kept (``w_0``'s tensors are the model's and stay as they
+        are; later ones are ours and updated in place)."""
+        weights = dict(self.start)
+        # w_0 is the model's own tensors; from w_1 on the weights live in one flat buffer (one allocation, handed
+        # back whole) and are updated in place.
+        storage: dict[str, torch.Tensor] | None = None
+        ours: set[str] = set()
+        for t in range(steps):
+            leaves = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
+            grads = list(torch.autograd.grad(
+                self.loss(self.batches[t], leaves), list(leaves.values()), allow_unused=True
+            ))
+            del leaves
+            with torch.no_grad():
+                if storage is None:
+                    storage = _flat_empty_like(weights)
+                for i, (n, w) in enumerate(list(weights.items())):
+                    g, grads[i] = grads[i], None
+                    if g is not None:  # w - lr * g
+                        g.mul_(self.lr)
+                        weights[n] = w.sub_(g) if n in ours else torch.sub(w, g, out=storage[n])
+                        ours.add(n)
+                    del g
+            self.bar.update(1)
+        return weights
+
+    def meta_gradient(
+        self,
+        weights: dict[str, torch.Tensor],
+        batches: list[Any],
+        count: int,
+        names: list[str],
+        scale: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``sum_k d(L(w; D_k) / count)/dw`` for the ``names`` tensors (zeros where unused), each batch's gradient
+        multiplied by ``scale`` first when given (``w_init``: the first-order ``dL/dc``, in the unrolled order)."""
+        wanted = set(names)
+        leaves = {n: w.detach().requires_grad_(n in wanted) for n, w in weights.items()}
+        # The second-order adjoint lives in one flat buffer, like the weights (the first-order scores do not).
+        flat = _flat_empty_like({n: leaves[n] for n in names}) if scale is None else None
+        total: dict[str, torch.Tensor] = {}
+        for batch in batches:
+            grads = torch.autograd.grad(
+                self.loss(batch, leaves) / count, [leaves[n] for n in names], allow_unused=True
+            )
+            for n, g in zip(names, grads, strict=True):
+                g = torch.zeros_like(leaves[n]) if g is None else g
+                if scale is not None:
+                    g = g.mul_(scale[n].detach())
+                if n in total:
+                    total[n].add_(g)
+                else:
+                    total[n] = flat[n].copy_(g) if flat is not None else g
+            del grads
+            self.bar.update(1)
+        return total
+
+    def backpropagate(self, v: dict[str, torch.Tensor], t: int) -> dict[str, torch.Tensor]:
+        """``dL/dw_t`` from ``v = dL/dw_{t+1}``: ``v - lr * H_t v`` through ``w_{t+1} = w_t - lr * g_t(w_t)``."""
+        weights = self.train(t)  # w_t, recomputed
+        release_free_memory()  # what the first-order passes freed, before the double backward grows the heap
+        leaves = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
+        del weights
+        names = list(leaves)
+        first = list(torch.autograd.grad(
+            self.loss(self.batches[t], leaves), [leaves[n] for n in names], create_graph=True, allow_unused=True
+        ))
+        # What the unrolled graph sends into g_t: (-v) * lr (the subtraction's, then the product's, backward).
+        # (Each piece of -lr v is its own tensor: the double backward frees it as soon as its product has run.)
+        dot = torch.zeros((), dtype=next(iter(v.values())).dtype, device=next(iter(v.values())).device)
+        for i, n in enumerate(names):
+            if first[i] is not None:
+                dot = dot + (first[i] * v[n].neg().mul_(self.lr)).sum()
+            first[i] = None  # the double backward reads only what the products saved
+        del first
+        # The gradient of w_t starts as v (the subtraction's direct path) and the H_t-terms accumulate into it, in
+        # place: v's storage becomes dL/dw_t.
+        for n in names:
+            leaves[n].grad = v.pop(n)
+        if dot.requires_grad:
+            dot.backward(inputs=[leaves[n] for n in names])
+        del dot
+        out = {n: leaves[n].grad for n in names}
+        for n in names:
+            leaves[n].grad = None
+        self.bar.update(1)
+        return out
+
+
+def _flat_empty_like(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Uninitialized tensors shaped like ``tensors``, as views of one flat buffer when they share dtype and device.
+
+    Parameter-sized vectors that live across passes (the trajectory's weights, the adjoint) are then one large
+    allocation, which the allocator maps and hands back whole, instead of dozens of mid-sized blocks scattered
+    between the activations that each pass frees (a fragmented heap the process cannot shrink: peak memory).
+    """
+    kinds = {(t.dtype, t.device) for t in tensors.values()}
+    if len(kinds) != 1:
+        return {n: torch.empty_like(t) for n, t in tensors.items()}
+    dtype, device = kinds.pop()
+    buffer = torch.empty(sum(t.numel() for t in tensors.values()), dtype=dtype, device=device)
+    out, offset = {}, 0
+    for n, t in tensors.items():
+        out[n] = buffer[offset : offset + t.numel()].view(t.shape)
+        offset += t.numel()
+    return out

@@ -395,3 +395,71 @@ def test_scoring_has_no_side_effects(name):
 def test_public_api_exports_the_criteria_helpers():
     for attr in ("compute_scores", "get_criterion", "list_criteria", "register_criterion", "Criterion"):
         assert hasattr(autosparse_hf, attr)
+
+
+def tiny_gpt2():
+    """A two-layer GPT-2 (attention, tied embedding, layer norms) and two batches of token ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16))
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(2):
+        ids = torch.randint(0, 50, (2, 12), generator=g)
+        batches.append({"input_ids": ids, "labels": ids.clone()})
+    return model, batches
+
+
+def test_snip_gradients_are_a_full_backward_pass_bit_for_bit():
+    # SNIP's pass forms gradients for the prunable weights only (not the embedding's nor the biases'); they are the
+    # gradients a backward pass over every parameter computes, to the bit.
+    model, batches = tiny_gpt2()
+    names = list(autosparse_hf.get_prunable_parameters(model))
+    params = dict(model.named_parameters())
+    model.eval()
+    model(**batches[0]).loss.backward()
+    expected = {n: (params[n].detach() * params[n].grad).abs() for n in names}
+    model.zero_grad(set_to_none=True)
+    scores = compute_scores(model, "snip", dataloader=batches, num_batches=1)
+    assert all(torch.equal(scores[n], expected[n]) for n in names)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def grasp_by_separate_passes(model, batches):
+    """w * (H g) the textbook way: g by a backward pass over every parameter, then per batch a double backward of
+    g . dL/dw (attention on its math kernel, which has one)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = list(autosparse_hf.get_prunable_parameters(model))
+    params = dict(model.named_parameters())
+    weights = [params[n] for n in names]
+    model.eval()
+    for batch in batches:
+        (model(**batch).loss / len(batches)).backward()
+    g = [w.grad.detach().clone() for w in weights]
+    model.zero_grad(set_to_none=True)
+    hessian_grad = [torch.zeros_like(w) for w in weights]
+    for batch in batches:
+        with sdpa_kernel(SDPBackend.MATH):
+            first = torch.autograd.grad(model(**batch).loss / len(batches), weights, create_graph=True)
+            dot = sum((f * v).sum() for f, v in zip(first, g, strict=True))
+            for acc, h in zip(hessian_grad, torch.autograd.grad(dot, weights), strict=True):
+                acc.add_(h)
+    return {n: w.detach() * h for n, w, h in zip(names, weights, hessian_grad, strict=True)}
+
+
+@pytest.mark.parametrize("num_batches", [1, 2])
+def test_grasp_memory_lean_passes_equal_the_textbook_passes(num_batches):
+    # With one batch g is the first-order gradient of the double-backward pass itself (attention on the math
+    # kernel there, not in a separate pass): equal to rounding. With several, g is a separate pass, as before: equal
+    # to the bit.
+    model, batches = tiny_gpt2()
+    batches = batches[:num_batches]
+    expected = grasp_by_separate_passes(model, batches)
+    scores = compute_scores(model, "grasp", dataloader=batches, num_batches=num_batches)
+    for n, value in expected.items():
+        if num_batches == 1:
+            torch.testing.assert_close(scores[n], value, rtol=1e-5, atol=1e-6 * float(value.abs().max()))
+        else:
+            assert torch.equal(scores[n], value), n

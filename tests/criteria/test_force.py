@@ -188,3 +188,51 @@ def test_the_density_schedule_ends_at_the_target():
     assert math.isclose(crit.density(5, 0.01), 0.01) and crit.density(1, 0.01) > 0.01
     linear = FORCECriterion(steps=4, schedule="linear")
     assert [round(linear.density(k, 0.2), 6) for k in range(1, 5)] == [0.8, 0.6, 0.4, 0.2]
+
+
+@pytest.mark.parametrize("schedule", ["exp", "linear"])
+def test_iter_snip_scores_reproduce_every_steps_mask(schedule):
+    # The encoding (a weight removed at step k scores k - 1 + 0.5 s / peak_k, a survivor steps + s / peak) puts the
+    # survivors of every step above the weights it removed: the top count of step k is that step's mask.
+    w1, w2, batches = problem(5)
+    steps, density = 5, 0.1
+    scores = A.compute_scores(TanhMLP(w1, w2), "iter_snip", dataloader=batches, num_batches=2, sparsity=1 - density,
+                              steps=steps, schedule=schedule)
+    history = reference_masks(w1, w2, batches, density, steps, revive=False, schedule=schedule)
+    for k, expected in enumerate(history, start=1):
+        kept = int(sum(int(m.sum()) for m in expected))
+        masks = A.select_masks(scores, 1 - kept / (w1.numel() + w2.numel()))
+        assert torch.equal(masks["fc1.weight"], expected[0]) and torch.equal(masks["fc2.weight"], expected[1]), k
+        # Removed at step k: scores in [k - 1, k - 0.5]; survivors of the last step: >= steps.
+    removed_at_1 = [s[~m] for s, m in zip((scores["fc1.weight"], scores["fc2.weight"]), history[0], strict=True)]
+    assert all(bool(((r >= 0) & (r <= 0.5)).all()) for r in removed_at_1)
+
+
+@pytest.mark.parametrize("name", ["iter_snip", "force"])
+def test_scoring_never_writes_the_model(name):
+    # The masked weights of each step are substituted (functional_call), never written into the parameters: no
+    # in-place write (version counter) and no copy of the model is needed to restore it.
+    w1, w2, batches = problem(6)
+    model = TanhMLP(w1, w2)
+    versions = {n: p._version for n, p in model.named_parameters()}
+    A.compute_scores(model, name, dataloader=batches, sparsity=0.8, steps=3)
+    assert {n: p._version for n, p in model.named_parameters()} == versions
+    assert torch.equal(model.fc1.weight, w1) and torch.equal(model.fc2.weight, w2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_magnitude_tie_break_without_a_flat_magnitude_copy_is_top_counts(seed):
+    # _top_count_by_magnitude reads |w0| only at the tied entries; it must keep what top_count with the full
+    # tie_break keeps, whatever the ties (few distinct saliencies and magnitudes force them).
+    from autosparse_hf.criteria.force import _FlatLayout, _top_count_by_magnitude
+    from autosparse_hf.masks.topk import top_count
+
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(3, 5), (7,), (2, 2, 3), (0, 4), (11,)]
+    weights = {f"t{i}": (torch.randint(-3, 4, s, generator=g).float() * 0.5) for i, s in enumerate(shapes)}
+    layout = _FlatLayout(weights)
+    values = torch.randint(0, 4, (layout.total,), generator=g).float()
+    magnitude = torch.cat([w.abs().reshape(-1) for w in weights.values()])
+    for count in [0, 1, 5, layout.total // 2, layout.total - 1, layout.total]:
+        expected = top_count(values, count, tie_break=magnitude)
+        assert torch.equal(_top_count_by_magnitude(values, count, layout), expected), count

@@ -432,3 +432,61 @@ def test_micro_batches_give_the_same_scores_as_whole_draws():
     assert select_masks(whole, 0.8).num_kept == select_masks(split, 0.8).num_kept
     with pytest.raises(ValueError, match="micro_batch_size"):
         get_criterion("ntksap", micro_batch_size=0)
+
+
+class TanhNet(nn.Module):
+    """A nonlinear model with biases (not closed-form): ``W3 tanh(W2 tanh(W1 x + b1) + b2)``."""
+
+    example_input_shape = (5,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(5, 7), nn.Linear(7, 6), nn.Linear(6, 3)
+
+    def forward(self, pixel_values, labels=None):
+        return {"logits": self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(pixel_values)))))}
+
+
+def mask_gradient_saliency(model, existing, *, samples, batch, epsilon, seed):
+    """One round's ``|sum of dS/dm|`` the direct way: a float mask leaf ``m`` multiplies ``theta`` and
+    ``theta + dtheta`` (both kept), the gradient is taken with respect to ``m``; same draws as the criterion."""
+    from torch.func import functional_call
+
+    from autosparse_hf import get_family
+    from autosparse_hf.criteria.ntksap_sampling import random_inputs
+
+    params = {n: p for n, p in model.named_parameters() if n.endswith("weight")}
+    template = get_family(model).synflow_inputs(model, None)
+    generator = torch.Generator().manual_seed(seed)
+    sigma = {n: float(p.detach()[existing[n]].double().pow(2).mean().sqrt()) for n, p in params.items()}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    for _ in range(samples):
+        inputs = random_inputs(template, batch, generator)
+        theta = {n: torch.randn(p.shape, generator=generator).mul_(sigma[n]) for n, p in params.items()}
+        delta = {n: torch.randn(p.shape, generator=generator).mul_(epsilon) for n, p in params.items()}
+        masks = {n: existing[n].float().requires_grad_(True) for n in params}
+        clean = functional_call(model, {n: theta[n] * masks[n] for n in params}, (inputs["pixel_values"],))
+        perturbed = functional_call(model, {n: (theta[n] + delta[n]) * masks[n] for n in params},
+                                    (inputs["pixel_values"],))
+        objective = (clean["logits"] - perturbed["logits"]).pow(2).sum()
+        for n, g in zip(params, torch.autograd.grad(objective, list(masks.values())), strict=True):
+            total[n] += g
+    return {n: g.abs() for n, g in total.items()}
+
+
+def test_saliency_from_the_two_weight_sets_is_the_mask_gradient_bit_for_bit():
+    # The criterion keeps only theta * m and (theta + dtheta) * m and takes the gradient with respect to them; at the
+    # surviving weights that is the mask's own gradient, to the bit (the same two products, summed).
+    model = TanhNet()
+    generator = torch.Generator().manual_seed(0)
+    existing = {n: torch.rand(p.shape, generator=generator) > 0.3 for n, p in model.named_parameters()
+                if n.endswith("weight")}
+    options = {"rounds": 1, "num_samples": 3, "batch_size": 4, "epsilon": 0.05, "seed": 11, **FAST}
+    scores = compute_scores(model, "ntksap", existing=existing, **options)
+    expected = mask_gradient_saliency(model, existing, samples=3, batch=4, epsilon=0.05, seed=11)
+    peak = max(float(s[existing[n]].max()) for n, s in expected.items())
+    for n, s in expected.items():
+        alive = existing[n]
+        assert torch.equal(scores[n][alive], 1 + s[alive].double() / peak), n  # survivors: rounds + s / max(s)
+        assert bool((scores[n][~alive] == -1).all()), n

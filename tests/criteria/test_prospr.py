@@ -179,6 +179,7 @@ def test_tied_weights_are_one_masked_tensor():
         ("inner_lr", float("nan")),
         ("inner_lr", "0.1"),
         ("first_order", "yes"),
+        ("batch_statistics", 1),
         ("progress", "always"),
     ],
 )
@@ -195,6 +196,79 @@ def test_without_data_is_a_clear_error():
         compute_scores(TwoLayerLinear(W1, W2), "prospr")
     with pytest.raises(ValueError, match="num_batches"):
         compute_scores(TwoLayerLinear(W1, W2), "prospr", dataloader=BATCHES, num_batches=0)
+
+
+class LinearBNLinear(nn.Module):
+    """``fc2(bn(fc1 x))`` without biases (batch norm with its own scale and shift); MSE loss against ``labels``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2, 3, bias=False)
+        self.bn = nn.BatchNorm1d(3)
+        self.fc2 = nn.Linear(3, 1, bias=False)
+        with torch.no_grad():
+            self.fc1.weight.copy_(W1)
+            self.fc2.weight.copy_(W2)
+            self.bn.weight.copy_(torch.tensor([1.5, 0.5, -1.0]))
+            self.bn.bias.copy_(torch.tensor([0.1, -0.3, 0.2]))
+
+    def forward(self, pixel_values, labels=None):
+        out = self.fc2(self.bn(self.fc1(pixel_values)))
+        loss = nn.functional.mse_loss(out.squeeze(-1), labels) if labels is not None else None
+        return {"loss": loss, "logits": out}
+
+
+def batch_norm_meta_gradient(batches, steps, lr, train_mode):
+    """dL/dc of LinearBNLinear by autograd through a hand-unrolled SGD trajectory written with ``F.batch_norm``
+    (batch statistics when ``train_mode``, else the initial running statistics, mean 0 and variance 1); every
+    floating parameter (the batch norm's scale and shift too) takes the inner steps, as ProsPr's docstring states."""
+    model = LinearBNLinear()
+    c1 = torch.ones(3, 2, dtype=torch.float64, requires_grad=True)
+    c2 = torch.ones(1, 3, dtype=torch.float64, requires_grad=True)
+    scale, shift = (model.bn.weight.detach().double().requires_grad_(), model.bn.bias.detach().double().requires_grad_())
+    weights = [W1.double() * c1, scale, shift, W2.double() * c2]
+    mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+
+    def loss(ws, batch):
+        x, y = batch["pixel_values"].double(), batch["labels"].double()
+        h = nn.functional.batch_norm(
+            x @ ws[0].T, None if train_mode else mean, None if train_mode else var, ws[1], ws[2], training=train_mode
+        )
+        return ((h @ ws[3].T)[:, 0] - y).pow(2).mean()
+
+    for batch in batches[:steps]:
+        grads = torch.autograd.grad(loss(weights, batch), weights, create_graph=True)
+        weights = [w - lr * g for w, g in zip(weights, grads, strict=True)]
+    meta = sum(loss(weights, b) for b in batches[steps:]) / len(batches[steps:])
+    return torch.autograd.grad(meta, [c1, c2])
+
+
+@pytest.mark.parametrize("batch_statistics", [True, False])
+def test_batch_norm_uses_batch_statistics_as_the_official_code(batch_statistics):
+    expected = batch_norm_meta_gradient(BATCHES[:3], 2, LR, train_mode=batch_statistics)
+    model = LinearBNLinear()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = compute_scores(
+        model, "prospr", dataloader=BATCHES, inner_steps=2, inner_lr=LR, batch_statistics=batch_statistics
+    )
+    assert_scores(scores, *expected)
+    # The running statistics the train-mode passes update are put back.
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    other = batch_norm_meta_gradient(BATCHES[:3], 2, LR, train_mode=not batch_statistics)
+    assert not torch.allclose(torch.cat([g.flatten() for g in expected]), torch.cat([g.flatten() for g in other]))
+
+
+def test_deep_residual_network_scores_finite_only_on_batch_statistics():
+    # timm's ResNet-50 at initialization normalizes nothing on its running statistics (mean 0, variance 1): the
+    # activations grow through the residual stages and three SGD steps at the official inner_lr=0.1 diverge.
+    torch.manual_seed(0)
+    model = timm.create_model("resnet50", pretrained=False, num_classes=10)
+    data = [{"pixel_values": torch.randn(8, 3, 32, 32), "labels": torch.randint(0, 10, (8,))} for _ in range(4)]
+    scores = compute_scores(model, "prospr", dataloader=data, first_order=True)
+    assert finite(scores) and all(s.sum() > 0 for s in scores.values())
+    with pytest.raises(ValueError, match="NaN"):
+        compute_scores(model, "prospr", dataloader=data, first_order=True, batch_statistics=False)
 
 
 class ConvBNNet(nn.Module):
@@ -349,3 +423,57 @@ def test_progress_option_shows_the_bar(capsys, caplog):
     finally:
         if not was:
             hf_logging.disable_progress_bar()
+
+
+def unrolled_meta_gradient(model, batches, steps, lr, num_meta):
+    """|dL/dc| by keeping the whole unrolled trajectory as one graph (every inner step's double-backward graph and
+    its weights at once), the mask c multiplying the prunable weights: what the reverse sweep must reproduce."""
+    from contextlib import ExitStack
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from autosparse_hf import get_family
+    from autosparse_hf.criteria.grasp import twice_differentiable_activations
+    from autosparse_hf.gradients import loss_with
+
+    family = get_family(model)
+    names = list(get_prunable_parameters(model))
+    model.eval()
+    masks = {n: torch.ones_like(p, requires_grad=True) for n, p in model.named_parameters() if n in names}
+    fast = {n: p.detach() * masks[n] if n in masks else p.detach().requires_grad_(True)
+            for n, p in model.named_parameters() if p.is_floating_point()}
+    meta = {n: torch.zeros_like(m) for n, m in masks.items()}
+    with ExitStack() as stack:
+        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        stack.enter_context(twice_differentiable_activations())
+        for t in range(steps):
+            grads = torch.autograd.grad(loss_with(model, family, batches[t], fast), list(fast.values()),
+                                        create_graph=True, allow_unused=True)
+            fast = {n: w if g is None else w - lr * g for (n, w), g in zip(fast.items(), grads, strict=True)}
+        for k, batch in enumerate(batches[steps:steps + num_meta]):
+            grads = torch.autograd.grad(loss_with(model, family, batch, fast) / num_meta, list(masks.values()),
+                                        retain_graph=k < num_meta - 1)
+            for n, g in zip(masks, grads, strict=True):
+                meta[n] += g
+    return {n: g.abs() for n, g in meta.items()}
+
+
+@pytest.mark.parametrize(("steps", "num_meta"), [(1, 1), (3, 1), (2, 2)])
+def test_reverse_sweep_equals_the_unrolled_graph(steps, num_meta):
+    # The criterion differentiates the trajectory one step at a time (v <- v - lr H_t v on recomputed weights),
+    # holding one step's graph; backpropagating through the whole unrolled graph gives the same meta-gradient, up to
+    # the order in which float32 sums are taken. A GPT-2: attention, layer norms, a tied embedding that trains too.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=40, n_positions=16))
+    g = torch.Generator().manual_seed(2)
+    batches = []
+    for _ in range(steps + num_meta):
+        ids = torch.randint(0, 40, (2, 10), generator=g)
+        batches.append({"input_ids": ids, "labels": ids.clone()})
+    expected = unrolled_meta_gradient(model, batches, steps, 0.1, num_meta)
+    scores = compute_scores(model, "prospr", dataloader=batches, num_batches=num_meta, inner_steps=steps,
+                            inner_lr=0.1, progress=False)
+    for n, value in expected.items():
+        torch.testing.assert_close(scores[n], value, rtol=1e-5, atol=1e-6 * float(value.max()))
