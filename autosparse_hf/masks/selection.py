@@ -42,6 +42,8 @@ SCOPES: tuple[str, ...] = ("global", "uniform", "erk", "counts")
 # Scopes that need nothing but the scores (IRP prunes with these).
 SCORE_SCOPES: tuple[str, ...] = ("global", "uniform", "erk")
 
+# Dtypes whose every value a float32 holds exactly.
+_FLOAT32_EXACT = (torch.float32, torch.float16, torch.bfloat16)
 # Ranks inside one tensor stay below this so that the float64 keys (r + 0.5) / w strictly increase with r.
 _MAX_TENSOR_SIZE = 1 << 50
 
@@ -266,6 +268,13 @@ def select_masks(
         _validate_counts(names, layer_counts, k, sparsity, min_density)
 
     device, dtype = _selection_device(scores), _key_dtype(scores)
+    # Tie-breaks compared in float32 when they are all float32, float16 or bfloat16 (each such value is a float32
+    # exactly), else in float64: half the bytes (|w0| of every weight is a model-sized vector at scale).
+    break_dtype = (
+        torch.float32
+        if tie_break is not None and all(tie_break[n].dtype in _FLOAT32_EXACT for n in names)
+        else torch.float64
+    )
     flats: list[torch.Tensor] = []
     breaks: list[torch.Tensor | None] = []
     alive: list[torch.Tensor | None] = []  # None: every weight of the tensor is alive
@@ -286,7 +295,7 @@ def select_masks(
             )
         flats.append(flat)
         breaks.append(
-            tie_break[name].detach().reshape(-1).to(device=device, dtype=torch.float64) if tie_break is not None else None
+            tie_break[name].detach().reshape(-1).to(device=device, dtype=break_dtype) if tie_break is not None else None
         )
         alive.append(alive_t)
         n_alive.append(count_alive)

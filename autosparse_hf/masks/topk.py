@@ -21,6 +21,16 @@ _TIE_BLOCK = 1 << 12
 # Devices selection runs on; scores elsewhere (e.g. MPS, whose k-th value support varies) are selected on the CPU.
 _SELECTION_DEVICE_TYPES = ("cpu", "cuda")
 
+
+def prime_at_least(n: int) -> int:
+    """The smallest prime ``>= n`` (1 for ``n <= 1``): a sampling stride that aliases with no row length."""
+    if n <= 2:
+        return max(n, 1)
+    while any(n % d == 0 for d in range(2, math.isqrt(n) + 1)):
+        n += 1
+    return n
+
+
 def _kth_largest_full(values: torch.Tensor, count: int) -> tuple[torch.Tensor, int, int]:
     """``(t, #values > t, #values == t)`` for ``t`` the ``count``-th largest value, from one k-th value search."""
     threshold = values.kthvalue(values.numel() - count + 1).values
@@ -40,7 +50,8 @@ def _kth_largest(values: torch.Tensor, count: int) -> tuple[torch.Tensor, int, i
     n = values.numel()
     if n < _BRACKET_MIN_SIZE:
         return _kth_largest_full(values, count)
-    sample = torch.sort(values[:: max(n // _BRACKET_SAMPLE, 1)], descending=True).values
+    # A prime stride: a stride that divides a row length would sample a few columns only (GPT-2's 2304-wide rows).
+    sample = torch.sort(values[:: prime_at_least(max(n // _BRACKET_SAMPLE, 1))], descending=True).values
     s = sample.numel()
     position = count / n * s
     margin = _BRACKET_SIGMAS * math.sqrt(position * (1.0 - position / s)) + 4.0
@@ -127,12 +138,23 @@ def top_count(values: torch.Tensor, count: int, tie_break: torch.Tensor | None =
 def _top_count_among(
     values: torch.Tensor, candidates: torch.Tensor | None, count: int, tie_break: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """:func:`top_count` over the entries where ``candidates`` is true (``None``: all); the others are never kept."""
+    """:func:`top_count` over the entries where ``candidates`` is true (``None``: all); the others are never kept.
+
+    The non-candidates are set to ``-inf`` in one copy of ``values`` (finite scores rank above them) rather than the
+    candidates gathered: a gather lists their positions as int64 and copies their scores (and tie-breaks), about
+    three times the bytes at an IRP cycle boundary, where nearly every weight is a candidate. Should a candidate
+    itself score ``-inf`` and be needed, the gathered form answers instead (the same answer, by construction).
+    """
     if candidates is None:
         return top_count(values, count, tie_break)
+    if count <= 0:
+        return torch.zeros_like(candidates)
+    if values.is_floating_point():
+        keep = top_count(torch.where(candidates, values, -math.inf), count, tie_break)
+        if int(torch.count_nonzero(keep & candidates)) == count:
+            return keep
+        del keep
     index = torch.nonzero(candidates).squeeze(1)
     inner_break = tie_break.index_select(0, index) if tie_break is not None else None
     kept = torch.masked_select(index, top_count(values.index_select(0, index), count, inner_break))
     return torch.zeros_like(candidates).index_fill_(0, kept, True)
-
-

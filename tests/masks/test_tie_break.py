@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 
 import pytest
 import torch
@@ -150,3 +151,44 @@ def test_a_tensor_zero_because_it_is_pruned_is_not_revived():
     batch = [{"pixel_values": torch.randn(6, 8), "labels": torch.tensor([0, 1, 2, 0, 1, 2])}]
     scores = A.compute_scores(model, "snip", dataloader=batch, existing=existing)
     assert not bool(scores["head.weight"].any()) and not bool(scores["body.weight"].any())
+
+
+def _reference_among(scores, sparsity, second, existing):
+    """Sort-based: the best of the surviving weights by (score, second score, position), in float64."""
+    names = list(scores)
+    flat = torch.cat([scores[n].reshape(-1).double() for n in names])
+    extra = torch.cat([second[n].reshape(-1).double() for n in names])
+    alive = torch.cat([existing[n].reshape(-1) for n in names])
+    order = sorted((i for i in range(flat.numel()) if alive[i]), key=lambda i: (-float(flat[i]), -float(extra[i]), i))
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[order[: round((1 - sparsity) * flat.numel())]] = True
+    pieces = torch.split(keep, [s.numel() for s in scores.values()])
+    return {n: piece.reshape(scores[n].shape) for n, piece in zip(names, pieces, strict=True)}
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("break_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_ties_among_survivors_follow_the_second_score_in_any_dtype(seed, break_dtype):
+    # Existing masks take the candidates path (non-candidates set to -inf); the tie-breaks are compared in float32
+    # unless one is float64, which is exact for every half-precision value.
+    g = torch.Generator().manual_seed(seed)
+    scores = {n: torch.randint(0, 3, (s,), generator=g).float() for n, s in (("a", 40), ("b", 25), ("c", 60))}
+    second = {n: (torch.randn(s.shape, generator=g) * 3).round().to(break_dtype) for n, s in scores.items()}
+    existing = {n: torch.rand(s.shape, generator=g) < 0.7 for n, s in scores.items()}
+    alive = sum(int(m.sum()) for m in existing.values()) / 125
+    for sparsity in (1 - alive, 1 - 0.8 * alive, 1 - 0.3 * alive, 0.99):
+        masks = select_masks(scores, sparsity, tie_break=second, existing=existing)
+        expected = _reference_among(scores, sparsity, second, existing)
+        assert all(torch.equal(masks[n], expected[n]) for n in scores), (seed, sparsity)
+
+
+def test_a_needed_candidate_at_minus_infinity_is_still_kept():
+    # The candidates path sets non-candidates to -inf; a candidate that itself scores -inf and is needed falls back
+    # to gathering the candidates (select_masks refuses such scores; the helper does not rely on that).
+    from autosparse_hf.masks.topk import _top_count_among
+
+    values = torch.tensor([3.0, -math.inf, 1.0, 5.0, -math.inf, 2.0])
+    candidates = torch.tensor([False, True, True, False, True, False])
+    keep = _top_count_among(values, candidates, 2)
+    assert keep.tolist() == [False, True, True, False, False, False]  # 1.0, then the first -inf
+    assert _top_count_among(values, candidates, 1).tolist() == [False, False, True, False, False, False]
