@@ -141,30 +141,12 @@ def _rescaled_outputs(model: nn.Module) -> Iterator[None]:
             handle.remove()
 
 
-def all_finite(survivors: dict[str, torch.Tensor], flat: torch.Tensor | None) -> bool:
-    """Whether every survivor score is finite: one sum (scores are >= 0, so a finite sum means finite terms), and
-    an elementwise check only when the sum itself overflows."""
-    chunks = [flat] if flat is not None else list(survivors.values())
-    for chunk in chunks:
-        if chunk.numel() and not math.isfinite(float(chunk.sum())) and not bool(torch.isfinite(chunk).all()):
-            return False
-    return True
-
-
-def gradients_finite(params: dict[str, Any]) -> bool:
-    """Whether every gradient of the prunable weights is finite: one sum per tensor, elementwise only when the sum
-    is not (a NaN or infinite term makes it so; a sum of finite terms that overflows is checked term by term)."""
-    for p in params.values():
-        grad = p.param.grad
-        if grad is not None and not math.isfinite(float(grad.sum())) and not bool(torch.isfinite(grad).all()):
-            return False
-    return True
-
-
 def check_finite_weights(params: dict[str, Any]) -> None:
     """No tier can score a network whose weights are not finite: name the first such parameter."""
     for name, p in params.items():
-        if not bool(torch.isfinite(p.param).all()):
+        # The sum is NaN or infinite if a weight is; a sum that overflows is checked entry by entry.
+        weight = p.param.detach()
+        if not math.isfinite(float(weight.sum())) and not bool(torch.isfinite(weight).all()):
             raise ValueError(f"synflow: parameter {name!r} holds NaN or infinite values; nothing can be scored")
 
 

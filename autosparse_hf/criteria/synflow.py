@@ -5,21 +5,29 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from ..allocation.base import ExplicitCounts
 from ..gradients import take_batches
 from ..masks import num_to_keep, select_masks
-from ..masks.topk import top_count
+from ..state import release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
-from .numerics import SignalNumerics, all_finite, check_finite_weights, gradients_finite, like_model, nonfinite_error
+from .numerics import SignalNumerics, check_finite_weights, like_model, nonfinite_error
 from .progress import scoring_progress
 from .schedule import scheduled_count
+from .synflow_rounds import Removed, RoundScores, Survivors
 
 logger = logging.getLogger(__name__)
+
+# Rounds between two returns of the C allocator's free memory to the system (state.release_free_memory).
+_RELEASE_EVERY = 10
 
 @register_criterion
 @dataclass
@@ -43,10 +51,15 @@ class SynFlowCriterion(Criterion):
     final round's mask.
 
     Each round is the selection ``select_masks(scores, 1 - density, existing=mask)`` (or its ``scope="counts"``
-    form), run on the surviving weights only: the positions of the survivors are kept from round to round (they only
-    shrink), so a round gathers their scores, keeps the best (:func:`autosparse_hf.masks.selection.top_count`, ties in
-    parameter order, then position, as ``select_masks`` breaks them) and touches only the weights it removes. The
-    scores are the same, bit for bit, as those of calling ``select_masks`` on whole tensors every round.
+    form), made without a mask or a list of the survivors: a pruned weight is held at ``-0.0`` (the same forward and
+    backward pass as ``+0.0``), so its score ``|g| * w`` is ``-0.0`` and a survivor's ``>= +0.0``, and the weights a
+    round removes are read off the scores' bit patterns (:mod:`autosparse_hf.masks.removal`; ties in parameter order,
+    then position, as ``select_masks`` breaks them). On the CPU the scores are computed chunk by chunk as the
+    gradients are read, and never stored; elsewhere they are computed in place in the gradients. A round keeps only the removed weights' positions (two
+    bytes each) and scores; the float64 scores below are written once, at the end. They are the same, bit for bit,
+    as those of calling ``select_masks`` on whole tensors every round (``tests/masks/test_selection_fast.py``).
+    SynFlow puts the parameters back itself (working copies of the prunable weights, the sign bits of the others),
+    so ``compute_scores`` does not copy the model for it.
 
     Numerics: the products of ``|w|`` along a deep network's paths outgrow float32 (about 1e38: efficientnet_b0's
     signal reaches 1e40, densenet121's 1e86), and saturating activations turn the overflow into NaN (a saturated
@@ -77,6 +90,10 @@ class SynFlowCriterion(Criterion):
     """
 
     name = "synflow"
+    # SynFlow writes |w| (and zeroes what it prunes) into working copies of the prunable weights and makes the other
+    # parameters absolute in place, and puts back every parameter exactly itself (see _absolute_weights): scoring
+    # need not copy the model.
+    writes_weights = False
     rounds: int = 100
     budgets: dict[str, int] | None = None
     progress: bool | None = None
@@ -91,52 +108,46 @@ class SynFlowCriterion(Criterion):
         batch = take_batches(context.dataloader, 1, "synflow")[0] if context.dataloader is not None else None
         inputs = family.synflow_inputs(model, batch)
         model.eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.abs_()
         for p in model.parameters():
             p.requires_grad_(False)
         for p in params.values():
             p.param.requires_grad_(True)
-        mask = {n: (context.existing[n].bool() if context.existing is not None else torch.ones_like(p.param, dtype=torch.bool))
-                for n, p in params.items()}
-        result = {n: torch.where(mask[n], 0.0, -1.0).to(torch.float64).contiguous() for n in params}
-        with torch.no_grad():
-            for n, p in params.items():
-                p.param.mul_(mask[n].to(p.param.device))  # |w| * mask; later rounds only zero what they remove
+        pruned = {n: ~context.existing[n].bool() for n in params} if context.existing is not None else None
         check_finite_weights(params)
-        # Flat positions of the surviving weights, per tensor, increasing: they only shrink from round to round.
-        # int32 where it fits: half the bytes to gather with and to compact every round.
-        alive = {n: _positions(mask[n].reshape(-1).to(p.param.device)) for n, p in params.items()}
-        del mask
         budgets = self.budgets if self.budgets is not None else context.budgets
         if budgets is not None:
             missing = sorted(set(params) - set(budgets))
             if missing:
                 raise ValueError(f"budgets lack prunable tensors {missing}")
         numerics = SignalNumerics(model)
-        bar = scoring_progress(self.rounds, "SynFlow rounds", self.progress, unit="round")
-        try:
-            for k in range(1, self.rounds + 1):
-                survivors, flat = self._finite_round(context, inputs, alive, numerics, k)
-                keeps = self._select_round(params, survivors, flat, alive, budgets, k, 1.0 - context.sparsity)
-                # The largest score of the round: pruned weights score exactly 0 (their weight is 0).
-                peak = max((float(s.max()) for s in survivors.values() if s.numel()), default=0.0) or 1.0
-                for n, p in params.items():
-                    keep = keeps[n]
-                    gone = torch.nonzero(~keep).squeeze(1)  # a few per cent of the survivors
-                    removed = alive[n].index_select(0, gone)
-                    value = (k - 1) + 0.5 * survivors[n].index_select(0, gone).double() / peak
-                    result[n].view(-1)[removed.to(result[n].device)] = value
-                    _zero_positions(p.param, removed)
-                    alive[n] = torch.masked_select(alive[n], keep)
+        with _absolute_weights(model, params):
+            survivors = Survivors(params, pruned, self.rounds)
+            del pruned
+            bar = scoring_progress(self.rounds, "SynFlow rounds", self.progress, unit="round")
+            try:
+                for k in range(1, self.rounds + 1):
+                    scores, removed = self._finite_round(context, inputs, numerics, k, survivors, budgets)
+                    # The largest score of the round's survivors (a pruned weight scores -0.0).
+                    peak = scores.peak or 1.0
+                    survivors.remove(k, removed, peak)
                     if k == self.rounds:
-                        value = self.rounds + torch.masked_select(survivors[n], keep).double() / peak
-                        result[n].view(-1)[alive[n].to(result[n].device)] = value
-                bar.update(1)
-        finally:
-            bar.close()
-            numerics.close()
+                        survivors.finish(scores, peak)
+                    del scores, removed
+                    if k % _RELEASE_EVERY == 0:
+                        # Freed transients of the rounds, returned: glibc keeps freed mid-heap blocks resident, which
+                        # grows the process by about half the model's size over 100 GPT-2 rounds. Not every round:
+                        # the pages returned are faulted in again by the next round's gradients.
+                        release_free_memory()
+                    bar.update(1)
+            finally:
+                bar.close()
+                numerics.close()
+                for p in params.values():
+                    p.param.grad = None
+        # The weights are the model's own again (and the gradients gone, their memory returned) before the float64
+        # scores are written.
+        release_free_memory()
+        result = survivors.result()
         logger.info(
             "synflow: %d rounds over %d weights in %.1f s (in %s)", self.rounds, sum(r.numel() for r in result.values()),
             time.perf_counter() - started, numerics.description,
@@ -147,21 +158,26 @@ class SynFlowCriterion(Criterion):
         self,
         context: ScoringContext,
         inputs: dict[str, torch.Tensor],
-        alive: dict[str, torch.Tensor],
         numerics: SignalNumerics,
         k: int,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Round ``k``'s backward pass and the survivors' scores, finite: a pass that overflows is computed again in
-        the next numeric tier (see the class docstring), which then holds for the remaining rounds."""
+        survivors: Survivors,
+        budgets: Any,
+    ) -> tuple[RoundScores, dict[str, Removed]]:
+        """Round ``k``'s backward pass, its scores and the weights it removes, finite: a pass that overflows is
+        computed again in the next numeric tier (see the class docstring), which then holds for the remaining
+        rounds."""
         while True:
-            # Any non-finite gradient, even of a pruned weight (whose score is 0 whatever it is), means a value
-            # overflowed somewhere in the pass: the survivors' gradients went through the same arithmetic.
-            finite = self._backward(context, inputs) and gradients_finite(context.params)
-            survivors, flat = self._survivor_scores(context.params, alive)
-            if finite and all_finite(survivors, flat):
-                return survivors, flat
+            finite = self._backward(context, inputs)
+            scores = RoundScores(context.params)
+            # Any non-finite gradient, even of a pruned weight, means a value overflowed somewhere in the pass (the
+            # survivors' gradients went through the same arithmetic): it makes that weight's score NaN (-0.0 * inf),
+            # and the scores' maxima show it.
+            if finite:
+                removed = self._select_round(context.params, scores, survivors.alive, budgets, k, 1.0 - context.sparsity)
+                if removed is not None:
+                    return scores, removed
             if not numerics.escalate(k):
-                raise nonfinite_error(context, inputs, survivors, k, numerics.description)
+                raise nonfinite_error(context, inputs, scores.dense(), k, numerics.description)
 
     def default_budgets(self) -> Any:
         return ExplicitCounts(dict(self.budgets)) if self.budgets is not None else "global"
@@ -169,57 +185,54 @@ class SynFlowCriterion(Criterion):
     def _select_round(
         self,
         params: dict[str, Any],
-        survivors: dict[str, torch.Tensor] | None,
-        flat: torch.Tensor | None,
-        alive: dict[str, torch.Tensor],
+        scores: RoundScores,
+        alive: dict[str, int],
         budgets: Any,
         k: int,
         target_density: float,
-    ) -> dict[str, torch.Tensor]:
-        """Which survivors round ``k`` keeps: one boolean per entry of ``survivors[name]``.
+    ) -> dict[str, Removed] | None:
+        """The flat positions (ascending) of the survivors round ``k`` removes and their scores, per tensor;
+        ``None`` when a score is not finite.
 
         The same selection as ``select_masks(scores, sparsity, existing=mask)`` (global) or with
-        ``scope="counts"`` (inside budgets), on the survivors only. Whenever ``select_masks`` would refuse the round
-        (an impossible count) it runs on whole tensors, so that the error is its own.
+        ``scope="counts"`` (inside budgets). Whenever ``select_masks`` would refuse the round (an impossible count),
+        it runs on whole tensors, so that an error is its own.
         """
-        n_alive = {n: a.numel() for n, a in alive.items()}
         total = sum(p.param.numel() for p in params.values())
+        n_alive = sum(alive.values())
         counts: dict[str, int] | None = None
         if budgets is None:
-            density = min(target_density ** (k / self.rounds), sum(n_alive.values()) / total)
+            density = min(target_density ** (k / self.rounds), n_alive / total)
             sparsity = 1.0 - density
         else:
-            counts = {n: scheduled_count(p.param.numel(), budgets[n], k, self.rounds, n_alive[n]) for n, p in params.items()}
+            counts = {n: scheduled_count(p.param.numel(), budgets[n], k, self.rounds, alive[n]) for n, p in params.items()}
             sparsity = 1.0 - sum(counts.values()) / total
-        if survivors is not None and 0.0 <= sparsity < 1.0:
-            if counts is None and num_to_keep(total, sparsity) <= sum(n_alive.values()):
-                if flat is None:
-                    flat = torch.cat([survivors[n] for n in params])
-                kept = top_count(flat, num_to_keep(total, sparsity))
-                return dict(zip(params, torch.split(kept, [n_alive[n] for n in params]), strict=True))
-            if (
-                counts is not None
-                and num_to_keep(total, sparsity) == sum(counts.values())
-                and all(0 <= counts[n] <= n_alive[n] for n in params)
-            ):
-                return {n: top_count(survivors[n], counts[n]) for n in params}
-        return self._select_round_on_tensors(self._scores(params), alive, sparsity, counts)
+        if 0.0 <= sparsity < 1.0:
+            keep = num_to_keep(total, sparsity)
+            if counts is None and keep <= n_alive:
+                return scores.lowest(alive, n_alive - keep)
+            if counts is not None and keep == sum(counts.values()) and all(0 <= counts[n] <= alive[n] for n in params):
+                return scores.lowest(alive, {n: alive[n] - counts[n] for n in params})
+        if not scores.finite:
+            return None
+        return self._select_round_on_tensors(params, scores.dense(), sparsity, counts)
 
     @staticmethod
     def _select_round_on_tensors(
-        scores: dict[str, torch.Tensor], alive: dict[str, torch.Tensor], sparsity: float, counts: dict[str, int] | None
-    ) -> dict[str, torch.Tensor]:
+        params: dict[str, Any], scores: dict[str, torch.Tensor], sparsity: float, counts: dict[str, int] | None
+    ) -> dict[str, Removed]:
         """The round through ``select_masks`` on whole tensors (what raises its errors for rounds it refuses)."""
-        existing = {}
-        for n, s in scores.items():
-            mask = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
-            mask[alive[n]] = True
-            existing[n] = mask.reshape(s.shape)
+        shaped = {n: s.reshape(params[n].param.shape) for n, s in scores.items()}
+        existing = {n: ~torch.signbit(s) for n, s in shaped.items()}  # survivors score >= +0.0, pruned weights -0.0
         if counts is None:
-            new = select_masks(scores, sparsity, existing=existing)
+            new = select_masks(shaped, sparsity, existing=existing)
         else:
-            new = select_masks(scores, sparsity, scope="counts", layer_counts=counts, existing=existing)
-        return {n: new[n].reshape(-1)[alive[n]] for n in scores}
+            new = select_masks(shaped, sparsity, scope="counts", layer_counts=counts, existing=existing)
+        removed = {}
+        for n, flat in scores.items():
+            positions = np.flatnonzero((existing[n] & ~new[n]).reshape(-1).cpu().numpy())
+            removed[n] = (positions, flat[torch.from_numpy(positions).to(flat.device)].cpu().numpy())
+        return removed
 
     @staticmethod
     def _backward(context: ScoringContext, inputs: dict[str, torch.Tensor]) -> bool:
@@ -232,53 +245,54 @@ class SynFlowCriterion(Criterion):
         total.backward()
         return math.isfinite(float(total.detach())) or bool(torch.isfinite(output.detach()).all())
 
-    @staticmethod
-    def _scores(params: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``|w * dR/dw|`` on whole tensors."""
-        return {
-            n: (p.param.detach() * p.param.grad).abs() if p.param.grad is not None else torch.zeros_like(p.param)
-            for n, p in params.items()
-        }
 
-    @staticmethod
-    def _survivor_scores(
-        params: dict[str, Any], alive: dict[str, torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """``|w * dR/dw|`` at the surviving positions only, per tensor, and all of them in parameter order.
+@contextmanager
+def _absolute_weights(model: nn.Module, params: dict[str, Any]) -> Iterator[None]:
+    """Every parameter of ``model`` as its absolute value, each put back exactly on exit, without a copy of the model.
 
-        The per-tensor scores are views of one buffer (the concatenation a global selection reads) when the
-        parameters share a dtype and device; otherwise the second value is ``None``. Reading only the survivors is
-        exact: a pruned weight is 0 and scores 0 (a pruned weight's gradient may overflow; its score is never read).
-        Whether the scores are finite is the caller's check (``numerics.all_finite``).
-        """
-        kinds = {(p.param.dtype, p.param.device) for p in params.values()}
-        flat = None
-        if len(kinds) == 1:
-            dtype, device = kinds.pop()
-            flat = torch.empty(sum(a.numel() for a in alive.values()), dtype=dtype, device=device)
-        survivors, offset = {}, 0
-        for n, p in params.items():
-            index, grad = alive[n], p.param.grad
-            out = flat[offset : offset + index.numel()] if flat is not None else None
-            offset += index.numel()
-            if grad is None:
-                survivors[n] = out.zero_() if out is not None else p.param.new_zeros(index.numel())
-                continue
-            weight = p.param.detach().reshape(-1).index_select(0, index)
-            survivors[n] = torch.mul(weight, grad.reshape(-1).index_select(0, index), out=out).abs_()
-        return survivors, flat
+    A prunable weight gets an absolute copy as its data (SynFlow also holds the weights it prunes at ``-0.0`` there),
+    and its own tensor back on exit; any other parameter is made absolute in place and gets its sign bits back (kept
+    packed, one bit per value, on the CPU; ``-0.0`` and NaN payloads included).
+    """
+    prunable = {id(p.param) for p in params.values()}
+    swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
+    signs: list[tuple[nn.Parameter, np.ndarray | torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for p in model.parameters():
+                if id(p) in prunable:
+                    swapped.append((p, p.data))
+                    p.data = p.data.abs()
+                elif p.is_floating_point():
+                    negative = torch.signbit(p.data)
+                    if bool(negative.any()):
+                        packed = p.device.type == "cpu" and p.data.is_contiguous()
+                        signs.append((p, np.packbits(negative.numpy().reshape(-1)) if packed else negative))
+                        p.data.abs_()
+                        del negative
+        yield
+    finally:
+        with torch.no_grad():
+            for p, data in swapped:
+                p.data = data
+            for p, negative in signs:
+                _set_sign_bits(p.data, negative)
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Flat positions of the true entries of the 1-D ``mask``, increasing; int32 when they fit."""
-    positions = torch.nonzero(mask).squeeze(1)
-    return positions.to(torch.int32) if mask.numel() < 2**31 else positions
-
-
-@torch.no_grad()
-def _zero_positions(param: torch.Tensor, positions: torch.Tensor) -> None:
-    """Set the weights at flat (row-major) ``positions`` of ``param`` to zero, in place, whatever its strides."""
-    if param.is_contiguous():
-        param.view(-1)[positions] = 0.0
-    else:
-        param[torch.unravel_index(positions.long(), param.shape)] = 0.0
+def _set_sign_bits(values: torch.Tensor, negative: np.ndarray | torch.Tensor) -> None:
+    """Set the sign bit of ``values`` (non-negative) where ``negative`` (booleans, or bits packed by numpy), in place.
+    Exact for every value (a bitwise or on float32 and float64, a negation otherwise); in slices, so that no
+    temporary is as large as the tensor."""
+    if isinstance(negative, torch.Tensor):  # booleans, same shape
+        values.copy_(torch.where(negative, -values, values))
+        return
+    bits = {torch.float32: (torch.int32, -(2**31)), torch.float64: (torch.int64, -(2**63))}.get(values.dtype)
+    flat = values.view(-1)
+    step = 1 << 20  # a multiple of 8: slices start on whole bytes of the packed bits
+    for start in range(0, flat.numel(), step):
+        part = flat[start : start + step]
+        flags = torch.from_numpy(np.unpackbits(negative[start // 8 :], count=part.numel()).view(np.bool_))
+        if bits is None:
+            part.copy_(torch.where(flags, -part, part))
+        else:
+            part.view(bits[0]).bitwise_or_(flags.to(bits[0]) * bits[1])

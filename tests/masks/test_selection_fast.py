@@ -306,6 +306,7 @@ class _ReferenceSynFlow(SynFlowCriterion):
     """The previous SynFlow round loop: ``select_masks`` (sort-based) on whole tensors every round."""
 
     name = "synflow_reference"
+    writes_weights = True  # it leaves |w| * mask in the model; compute_scores restores the weights
 
     def score(self, context):  # noqa: ANN001, ANN201
         from autosparse_hf.gradients import take_batches
@@ -417,3 +418,89 @@ def test_synflow_scores_are_those_of_the_sort_based_rounds(seed, setting):
     for name in expected:
         assert scores[name].dtype == expected[name].dtype
         assert torch.equal(scores[name], expected[name]), name
+
+
+class _Random(nn.Module):
+    """A small random network: convolutions with batch norm (zero-initialized scales sometimes, as timm does), a
+    zero-initialized or quantized layer sometimes (ties), a wide linear layer (more than one chunk)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        picker = random.Random(seed)
+        torch.manual_seed(seed)
+        width = picker.choice([4, 8])
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width, 3), nn.ReLU(),
+            nn.Flatten(),
+        )  # fmt: skip
+        hidden = picker.choice([64, 300])
+        self.head = nn.Sequential(nn.Linear(width * 16, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+        if picker.random() < 0.3:
+            nn.init.zeros_(self.features[1].weight)  # revived by compute_scores, as timm's zero_init_last
+        if picker.random() < 0.4:
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_((p * 4).round() / 4)
+        self.example_input_shape = (1, 8, 8)
+
+    def forward(self, pixel_values, labels=None):  # noqa: ANN001, ANN201
+        return self.head(self.features(pixel_values))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_synflow_runs_are_those_of_the_sort_based_rounds(seed, monkeypatch):
+    """Random networks, rounds, sparsities, layer budgets and existing masks, with the fast paths forced into their
+    corners (tiny chunks, brackets on small tensors, the torch path):
+    the scores of the sort-based rounds, bit for bit."""
+    from autosparse_hf.masks import product_round, removal
+
+    picker = random.Random(seed)
+    monkeypatch.setattr(product_round, "_CHUNK", picker.choice([64, 1024, 1 << 17]))
+    monkeypatch.setattr(removal, "_BRACKET_MIN_SIZE", picker.choice([256, 1 << 16]))
+    monkeypatch.setattr(removal, "_BRACKET_SAMPLE_MIN", picker.choice([16, 4096]))
+    monkeypatch.setattr(removal, "NUMPY_ON_CPU", picker.random() < 0.8)
+    model = _Random(seed)
+    names = [n for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1]
+    sizes = {n: dict(model.named_parameters())[n].numel() for n in names}
+    total = sum(sizes.values())
+    rounds = picker.choice([1, 3, 17, 40])
+    kwargs: dict = {"sparsity": picker.choice([0.5, 0.9, 0.98])}
+    setting = picker.choice(["global", "budgets", "existing"])
+    if setting == "budgets":
+        kwargs["budgets"] = {n: picker.randint(0, max(1, s // 5)) for n, s in sizes.items()}
+        kwargs["sparsity"] = 1 - sum(kwargs["budgets"].values()) / total
+    elif setting == "existing":
+        g = torch.Generator().manual_seed(seed)
+        kwargs["existing"] = {n: torch.rand(dict(model.named_parameters())[n].shape, generator=g) < 0.6 for n in names}
+        kwargs["sparsity"] = 0.9
+    expected = compute_scores(model, _ReferenceSynFlow(rounds=rounds), include=names, **kwargs)
+    scores = compute_scores(model, SynFlowCriterion(rounds=rounds, progress=False), include=names, **kwargs)
+    for name in expected:
+        assert torch.equal(scores[name], expected[name]), (name, setting, rounds)
+
+
+def test_synflow_puts_every_parameter_back_bit_for_bit():
+    """SynFlow writes |w| and -0.0 into working copies and makes other parameters absolute in place; compute_scores
+    copies no weights for it, so SynFlow itself must restore them: signs, negative zeros, NaN payloads included."""
+    model = _Wrapped(0)
+    with torch.no_grad():
+        model.net[0].weight[0, 0, 0, 0] = -0.0
+        model.net[0].bias[:3] = torch.tensor([-0.0, -1.5, 2.0])
+        model.net[1].bias[0] = float("nan")  # a non-prunable parameter: NaN passes through, and is put back
+        model.net[1].bias[0] = -model.net[1].bias[0]  # a NaN with its sign bit set
+    names = [n for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1]
+
+    def bits(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # -0.0 and the NaN's sign bit count
+        return {k: v.view(torch.int32) if v.dtype == torch.float32 else v for k, v in state.items()}
+
+    before = bits({k: v.detach().clone() for k, v in model.state_dict().items()})
+    with pytest.raises(ValueError, match="not finite"):  # the NaN reaches the output in every numeric tier
+        compute_scores(model, SynFlowCriterion(rounds=3, progress=False), include=names, sparsity=0.5)
+    after = bits(model.state_dict())
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    with torch.no_grad():
+        model.net[1].bias[0] = 0.5
+    before = bits({k: v.detach().clone() for k, v in model.state_dict().items()})
+    compute_scores(model, SynFlowCriterion(rounds=3, progress=False), include=names, sparsity=0.5)
+    after = bits(model.state_dict())
+    assert all(torch.equal(after[k], before[k]) for k in before)
