@@ -25,8 +25,19 @@ one cell cannot take a shared machine down), is stopped and reported as such, no
 Target (issue 14): on GPT-2 small every criterion completes with a peak extra of at most 3x the model's parameter
 bytes; measured on the largest model of the run when gpt2-small is not in it.
 
+``--criterion_options`` overrides default options per criterion, as JSON, e.g. NTK-SAP reduced to what a shared
+CPU finishes (its paper default, 20 rounds x 5 draws x 100 random inputs, is 10,000 forward/backward pairs on GPT-2):
+``--criterion_options '{"ntksap": {"rounds": 2, "num_samples": 1, "batch_size": 2, "micro_batch_size": 1}}'``. The
+options each cell ran with are recorded (results.criterion_options).
+
+Peak RSS counts what the C allocator keeps, not only live tensors: glibc's malloc raises its mmap threshold after a
+large block is freed, so later mid-sized tensors (a few MB, most activations and per-layer gradients) come from a
+heap that fragments and does not shrink. The child inherits the environment, so ``MALLOC_TOP_PAD_=0`` (or any
+``MALLOC_MMAP_THRESHOLD_``), which fixes the threshold at 128 KiB, measures close to the live tensors' peak; the
+``MALLOC_*`` variables of a run are recorded (results.malloc_env).
+
     python benchmarks/criterion_cost.py [--models lenet300100 resnet18 resnet50 gpt2-small] [--criteria ...]
-                                        [--timeout 900] [--max_rss_gb G] [--threads N]
+                                        [--criterion_options JSON] [--timeout 900] [--max_rss_gb G] [--threads N]
 """
 
 from __future__ import annotations
@@ -82,12 +93,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq_len", type=int, default=128, help="Tokens per GPT-2 sequence.")
     parser.add_argument("--target_multiple", type=float, default=TARGET_MULTIPLE, help="Peak extra / param bytes.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--criterion_options", type=json.loads, default={},
+        help='Options per criterion, as JSON: {"ntksap": {"rounds": 2, "micro_batch_size": 1}}.',
+    )  # fmt: skip
     common.add_threads_argument(parser)
     parser.add_argument("--output", default=common.default_output("criterion_cost"), help="JSON result file.")
     parser.add_argument("--_child", nargs=2, metavar=("MODEL", "CRITERION"), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.timeout <= 0:
         parser.error("--timeout must be > 0")
+    if not isinstance(args.criterion_options, dict) or not all(
+        isinstance(v, dict) for v in args.criterion_options.values()
+    ):
+        parser.error("--criterion_options must be a JSON object of criterion name -> options object")
+    unknown = sorted(set(args.criterion_options) - set(CRITERIA))
+    if unknown:
+        parser.error(f"--criterion_options names unknown criteria {unknown}")
     if args.max_rss_gb is None:
         args.max_rss_gb = round(0.6 * total_memory_bytes() / 1024**3, 1)
     return args
@@ -172,13 +194,13 @@ def child(args: argparse.Namespace) -> None:
         budget_model = {"features": list(BUDGET_FEATURES), "coef": [0.0] * len(BUDGET_FEATURES)}
         predictor = AutoSModel(AutoSConfig(budget_model=budget_model, within_layer="synflow"))
         allocation = LearnedAllocation(predictor)
-        criterion = get_criterion("synflow")
+        criterion = get_criterion("synflow", **args.criterion_options.get(name, {}))
         options = {**criterion_options(criterion), "budgets": "learned (untrained budget model, zero coefficients)"}
 
         def allocate() -> dict[str, int]:
             return allocation.allocate(params, SPARSITY, type(model).__name__).counts
     else:
-        criterion = get_criterion(name)
+        criterion = get_criterion(name, **args.criterion_options.get(name, {}))
         options = criterion_options(criterion)
     gc.collect()
     with common.PeakRSS() as peak:
@@ -244,6 +266,7 @@ def run_cell(args: argparse.Namespace, model: str, criterion: str) -> dict[str, 
         "--_child", model, criterion, "--image_size", str(args.image_size), "--timm_batch_size",
         str(args.timm_batch_size), "--lenet_batch_size", str(args.lenet_batch_size), "--gpt2_batch_size",
         str(args.gpt2_batch_size), "--seq_len", str(args.seq_len), "--seed", str(args.seed),
+        "--criterion_options", json.dumps(args.criterion_options),
         *(["--threads", str(args.threads)] if args.threads is not None else []),
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
@@ -361,6 +384,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "num_batches": 1,
         "torch_threads": threads[0] if len(threads) == 1 else threads,
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "command": command,
         "criterion_options": options,
         "models": models,
@@ -387,7 +411,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                 f"{info['rss_after_build_bytes'] / mb:.0f} MB; batch: {info['batch']}."
             )
     notes.append(
-        f"- compute_scores(..., sparsity={SPARSITY}, num_batches=1), default options (JSON: results.criterion_options), "
+        f"- compute_scores(..., sparsity={SPARSITY}, num_batches=1), "
+        + (f"default options except {json.dumps(args.criterion_options)} " if args.criterion_options else "default options ")
+        + "(JSON: results.criterion_options), "
+        f"C allocator settings: {results['malloc_env'] or 'glibc defaults'}, "
         f"one fresh process per cell, torch threads: {results['torch_threads']} (OMP_NUM_THREADS="
         f"{results['omp_num_threads_env']}); time = the call alone (first-use costs of a fresh process included); "
         "peak extra = peak RSS during the call minus the RSS after building the model and batch."
