@@ -41,6 +41,9 @@ TINY_FLAGS: dict[str, list[str]] = {
     ],
     "help_speed": ["--recipes", "benchmark", "irp", "--repeats", "1", "--warmup", "0"],
     "irp_boundary": ["--models", "gpt2-tiny", "--cycles", "1"],
+    "synflow_overhead": [
+        "--model", "test_resnet", "--num_classes", "10", "--image_size", "32", "--rounds", "3", "--repeats", "1",
+    ],
 }  # fmt: skip
 
 
@@ -180,5 +183,15 @@ def test_irp_boundary(launched: dict) -> None:
     assert len(phases["score+select"]) == 1 and len(phases["rewind"]) == 1  # one pruning cycle, one rewind
     assert len(phases["boundary"]) == 2  # the pruning cycle's end and the final ticket's
     assert positive_finite(*(c["seconds"] for c in phases["boundary"]))
+    assert result["target"]["higher_is_better"] is False
+    assert "measured/target" in Path(result["config"]["output"]).with_suffix(".md").read_text()
+
+
+def test_synflow_overhead(launched: dict) -> None:
+    result, _ = finished(launched, "synflow_overhead")
+    r = result["results"]
+    assert positive_finite(r["passes"]["wall_s"], r["global"]["ratio_wall"], r["budgets"]["ratio_wall"])
+    # SynFlow runs its passes and more: its own time in them is part of its wall time.
+    assert 0 < r["global"]["passes_inside_s"] <= r["global"]["wall_s"]
     assert result["target"]["higher_is_better"] is False
     assert "measured/target" in Path(result["config"]["output"]).with_suffix(".md").read_text()
