@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 
 from .maskset import MaskSet
-from .topk import _SELECTION_DEVICE_TYPES, _top_count_among, top_count
+from .topk import _SELECTION_DEVICE_TYPES, _top_count_among, top_count_across
 
 Scope = Literal["global", "uniform", "erk", "counts"]
 SCOPES: tuple[str, ...] = ("global", "uniform", "erk", "counts")
@@ -198,19 +198,10 @@ def _global_keep(
     extra = k - sum(reserved)
     if extra <= 0:
         return keeps
-    sizes = [f.numel() for f in flats]
-    tie_break = torch.cat(list(breaks)) if breaks and breaks[0] is not None else None  # type: ignore[arg-type]
-    if all(c is None for c in candidates):
-        chosen = top_count(torch.cat(list(flats)), extra, tie_break)
-    else:
-        candidate_mask = torch.cat(
-            [
-                c if c is not None else torch.ones_like(f, dtype=torch.bool)
-                for c, f in zip(candidates, flats, strict=True)
-            ]
-        )
-        chosen = _top_count_among(torch.cat(list(flats)), candidate_mask, extra, tie_break)
-    return [keep | part for keep, part in zip(keeps, torch.split(chosen, sizes), strict=True)]
+    # Without concatenating the tensors (top_count_across): a model-sized copy of the scores, of the candidate
+    # flags and of the tie-breaks less at the peak.
+    chosen = top_count_across(flats, candidates, extra, breaks if breaks and breaks[0] is not None else None)
+    return [keep | part for keep, part in zip(keeps, chosen, strict=True)]
 
 
 def select_masks(

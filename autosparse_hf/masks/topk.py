@@ -8,6 +8,7 @@ a k-th value search on a sampled bracket, then the position order of the ties at
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -158,3 +159,129 @@ def _top_count_among(
     inner_break = tie_break.index_select(0, index) if tie_break is not None else None
     kept = torch.masked_select(index, top_count(values.index_select(0, index), count, inner_break))
     return torch.zeros_like(candidates).index_fill_(0, kept, True)
+
+
+def top_count_across(
+    values: Sequence[torch.Tensor],
+    candidates: Sequence[torch.Tensor | None],
+    count: int,
+    tie_break: Sequence[torch.Tensor | None] | None = None,
+) -> list[torch.Tensor]:
+    """:func:`top_count` over the concatenation of the 1-D ``values`` (one dtype and device) restricted to the
+    entries where ``candidates`` is true (``None``: every entry of that tensor), as one boolean mask per tensor,
+    without concatenating them.
+
+    The same answer as ``_top_count_among(torch.cat(values), torch.cat(candidates), count, torch.cat(tie_break))``
+    (ties: ``tie_break`` when given, then position in the concatenation), found as :func:`_kth_largest` finds a
+    threshold: a strided sample of all tensors brackets the ``count``-th largest candidate, one pass per tensor counts
+    the candidates above the bracket and gathers those inside it, and the exact threshold is searched among those.
+    Transients are one tensor's booleans and the gathered band (a few per cent), not model-sized concatenations:
+    what keeps global selection at an IRP cycle boundary near the size of its output masks. Small inputs and a
+    bracket that misses (an adversarial order) take the concatenating path, which gives the same answer.
+    """
+    sizes = [v.numel() for v in values]
+    total = sum(sizes)
+    n_candidates = sum(int(torch.count_nonzero(c)) if c is not None else n for c, n in zip(candidates, sizes, strict=True))
+    device = values[0].device if values else torch.device("cpu")
+    if count <= 0 or total == 0:
+        return [torch.zeros(n, dtype=torch.bool, device=device) for n in sizes]
+    found = None
+    if total >= _BRACKET_MIN_SIZE and len(values) > 1 and values[0].is_floating_point() and count < n_candidates:
+        found = _threshold_across(values, candidates, count, n_candidates)
+    if found is None:
+        return _top_count_concatenated(values, candidates, count, tie_break)
+    threshold, greater, equal = found
+    needed = count - greater
+    keeps = []
+    remaining = needed
+    tied_positions: list[torch.Tensor] = []
+    for v, c in zip(values, candidates, strict=True):
+        keep = v > threshold if needed < equal else v >= threshold
+        if c is not None:
+            keep &= c
+        if needed < equal and remaining > 0:
+            tied = v == threshold
+            if c is not None:
+                tied &= c
+            if tie_break is not None:
+                tied_positions.append(torch.nonzero(tied).squeeze(1))
+            else:
+                n_tied = int(torch.count_nonzero(tied))
+                if n_tied <= remaining:
+                    keep |= tied
+                else:
+                    cut = _position_of_nth_true(tied, remaining) + 1
+                    keep[:cut] |= tied[:cut]
+                remaining -= min(n_tied, remaining)
+            del tied
+        elif tie_break is not None:
+            tied_positions.append(torch.empty(0, dtype=torch.long, device=device))
+        keeps.append(keep)
+    if tie_break is not None and needed < equal:
+        # The tied candidates (usually few) chosen by the second score, its own ties in concatenation order.
+        seconds = torch.cat([b.index_select(0, p) for b, p in zip(tie_break, tied_positions, strict=True)])  # type: ignore[union-attr]
+        chosen = torch.split(top_count(seconds, needed), [p.numel() for p in tied_positions])
+        for keep, positions, picked in zip(keeps, tied_positions, chosen, strict=True):
+            keep[torch.masked_select(positions, picked)] = True
+    return keeps
+
+
+def _threshold_across(
+    values: Sequence[torch.Tensor], candidates: Sequence[torch.Tensor | None], count: int, n_candidates: int
+) -> tuple[torch.Tensor, int, int] | None:
+    """``(t, #candidates > t, #candidates == t)`` for ``t`` the ``count``-th largest candidate, or ``None`` when the
+    sampled bracket misses (then the caller concatenates)."""
+    total = sum(v.numel() for v in values)
+    stride = prime_at_least(max(total // _BRACKET_SAMPLE, 1))
+    samples, offset = [], 0
+    for v, c in zip(values, candidates, strict=True):
+        start = (-offset) % stride
+        picked = v[start::stride]
+        samples.append(picked[c[start::stride]] if c is not None else picked)
+        offset += v.numel()
+    sample = torch.sort(torch.cat(samples), descending=True).values
+    s = sample.numel()
+    if s == 0:
+        return None
+    position = count / n_candidates * s
+    margin = _BRACKET_SIGMAS * math.sqrt(position * max(1.0 - position / s, 0.0)) + 4.0
+    upper, lower = int(position - margin), int(math.ceil(position + margin))
+    if lower >= s:  # the bracket would reach below every sampled candidate: the band would be most of them
+        return None
+    high = sample[upper] if upper >= 0 else None
+    low = sample[lower]
+    n_above = 0
+    bands = []
+    for v, c in zip(values, candidates, strict=True):
+        above = v > high if high is not None else torch.zeros_like(v, dtype=torch.bool)
+        band = v >= low
+        band ^= above  # above is a subset of band: what is left lies in [low, high]
+        if c is not None:
+            above &= c
+            band &= c
+        n_above += int(torch.count_nonzero(above))
+        bands.append(torch.masked_select(v, band))
+        del above, band
+    if n_above >= count:
+        return None
+    band_values = torch.cat(bands)
+    if n_above + band_values.numel() < count:
+        return None
+    threshold, greater, equal = _kth_largest_full(band_values, count - n_above)
+    return threshold, n_above + greater, equal
+
+
+def _top_count_concatenated(
+    values: Sequence[torch.Tensor],
+    candidates: Sequence[torch.Tensor | None],
+    count: int,
+    tie_break: Sequence[torch.Tensor | None] | None,
+) -> list[torch.Tensor]:
+    flat = torch.cat(list(values))
+    breaks = torch.cat(list(tie_break)) if tie_break is not None else None  # type: ignore[arg-type]
+    if all(c is None for c in candidates):
+        chosen = top_count(flat, count, breaks)
+    else:
+        mask = torch.cat([c if c is not None else torch.ones_like(v, dtype=torch.bool) for c, v in zip(candidates, values, strict=True)])
+        chosen = _top_count_among(flat, mask, count, breaks)
+    return list(torch.split(chosen, [v.numel() for v in values]))

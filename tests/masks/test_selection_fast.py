@@ -18,7 +18,8 @@ from torch import nn
 
 from autosparse_hf import compute_scores, select_masks
 from autosparse_hf.criteria.synflow import SynFlowCriterion
-from autosparse_hf.masks.selection import SCOPES, top_count
+from autosparse_hf.masks.selection import SCOPES
+from autosparse_hf.masks.topk import top_count
 
 
 def _reference_layer_weight(shape: torch.Size, scope: str) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 
 import pytest
 import torch
@@ -192,3 +193,32 @@ def test_a_needed_candidate_at_minus_infinity_is_still_kept():
     keep = _top_count_among(values, candidates, 2)
     assert keep.tolist() == [False, True, True, False, False, False]  # 1.0, then the first -inf
     assert _top_count_among(values, candidates, 1).tolist() == [False, False, True, False, False, False]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_global_selection_without_concatenating_is_the_sort_based_one(seed, monkeypatch):
+    # Small inputs take the concatenating path; a tiny bracket threshold and sample force the per-tensor one (and
+    # its fallbacks, when the sample's bracket misses) on the shapes and tie patterns a test can sort.
+    from autosparse_hf.masks import topk
+
+    picker = random.Random(seed)
+    monkeypatch.setattr(topk, "_BRACKET_MIN_SIZE", picker.choice([1, 64]))
+    monkeypatch.setattr(topk, "_BRACKET_SAMPLE", picker.choice([4, 16, 64]))
+    monkeypatch.setattr(topk, "_BRACKET_SIGMAS", picker.choice([0.0, 1.0, 6.0]))
+    g = torch.Generator().manual_seed(seed)
+    sizes = [picker.randint(0, 90) for _ in range(picker.randint(2, 5))]
+    levels = picker.choice([3, 20, 1000])  # few distinct scores: many ties at the threshold
+    scores = {f"t{i}": (torch.randint(0, levels, (n,), generator=g).float() - levels / 3) for i, n in enumerate(sizes)}
+    if not sum(sizes):
+        return
+    existing = {n: torch.rand(s.shape, generator=g) < picker.choice([0.3, 0.9, 1.0]) for n, s in scores.items()}
+    if picker.random() < 0.3:
+        existing = {n: torch.ones_like(m) for n, m in existing.items()}
+    second = {n: torch.randint(0, 4, s.shape, generator=g).float() for n, s in scores.items()}
+    alive = sum(int(m.sum()) for m in existing.values()) / sum(sizes)
+    for sparsity in (1 - alive, 1 - 0.9 * alive, 1 - 0.5 * alive, 1 - 0.05 * alive, 0.999):
+        for breaks in (None, second):
+            masks = select_masks(scores, sparsity, tie_break=breaks, existing=existing)
+            zeros = {n: torch.zeros_like(s) for n, s in scores.items()}
+            expected = _reference_among(scores, sparsity, breaks if breaks is not None else zeros, existing)
+            assert all(torch.equal(masks[n], expected[n]) for n in scores), (seed, sparsity, breaks is None)
