@@ -178,7 +178,9 @@ def compute_initial_features(
     # the gradient features of a timm residual block are not all zero. With preserve_state=False the caller (a
     # criterion inside compute_scores) already applies it.
     with (
-        preserved_model_state(model) if preserve_state else contextlib.nullcontext(),
+        # weights=False: nothing here writes a weight (gradients and input statistics are read; the zero-initialized
+        # norm scales are revived and put back by revived_zero_norm_scales), so no copy of the model is made.
+        preserved_model_state(model, weights=False) if preserve_state else contextlib.nullcontext(),
         revived_zero_norm_scales(model) if preserve_state else contextlib.nullcontext(),
     ):
         # Drawing batches inside: a shuffling DataLoader consumes the global RNG, which must be left as found.

@@ -38,6 +38,7 @@ from .checkpoint import (
     load_training_state,
     run_fingerprint,
     save_training_state,
+    share_initial_weights,
 )
 from .config import IRPConfig
 from .cycles import cycle_ends, install_cyclic_schedule, reset_learning_rates, unwrap_optimizer
@@ -212,8 +213,10 @@ class IRPCallback(MaskEnforcingCallback):
                 self.identity["run_id"] = uuid.uuid4().hex[:12]
             warn_if_not_at_initialization(self.params, type(model).__name__, "IRPCallback")
             self.init_snapshot = snapshot_state(model)
+            # w0 as views of the weights, then the snapshot's own tensors (share_initial_weights): no third copy.
             features = compute_initial_features(
-                model, kwargs.get("train_dataloader"), self.config.feature_num_batches, params=self.params
+                model, kwargs.get("train_dataloader"), self.config.feature_num_batches, params=self.params,
+                copy_weights=False,
             )
             sentinel = self.config.cycles + 1
             cycle_pruned = {n: torch.full(p.param.shape, sentinel, dtype=torch.int16) for n, p in self.params.items()}
@@ -222,6 +225,7 @@ class IRPCallback(MaskEnforcingCallback):
                 total, self.config.cycles, self.config.final_sparsity, self.config.schedule, self.config.densities
             )
             self.record = IRPRecord(self.config.to_dict(), self.identity, counts, features, cycle_pruned)
+            share_initial_weights(self.record.features, self.init_snapshot, self.params)
             self.cycle = 1
         self.record.training = training_recipe(args, self.cycle_ends)
         install_cyclic_schedule(
@@ -352,6 +356,7 @@ class IRPCallback(MaskEnforcingCallback):
         self.record = saved.record
         self.cycle = saved.cycle
         self.init_snapshot = saved.init_snapshot
+        share_initial_weights(self.record.features, self.init_snapshot)
         self.rewind_snapshot = saved.rewind_snapshot
 
 

@@ -87,3 +87,11 @@ def test_irp_on_tied_weights_checkpoints_and_resumes_to_the_uninterrupted_result
     assert set(resumed.cycle_pruned) == set(reference.cycle_pruned)
     for name, pruned_at in reference.cycle_pruned.items():
         assert torch.equal(resumed.cycle_pruned[name], pruned_at), name
+    # The record's w0 is the initial snapshot's own tensors (one copy of the initial weights through the run), in
+    # the uninterrupted and in the resumed run alike, and it holds the initial weights.
+    initial = dict(tiny_gpt2().named_parameters())
+    for run in (reference, resumed):
+        assert run.record is not None and run.init_snapshot is not None
+        for name, w0 in run.record.features.weights.items():
+            assert w0 is run.init_snapshot[name], name
+            assert torch.equal(w0, initial[name].detach()), name
