@@ -39,7 +39,8 @@ class ProgressiveSensitivity(Criterion):
       needs it; its saliency ``|w0 * g_k|`` is that of the mask ``c`` in ``L(w0 * c)``, evaluated at ``c = m_{k-1}``.
 
     Inside layer budgets fixed before scoring (``ScoringContext.budgets``: an IRP ticket's or learned budgets), each
-    tensor follows its own schedule towards its count and each step keeps a per-tensor top-k, as SynFlow does.
+    tensor follows its own schedule (the same ``schedule``) towards its count and each step keeps a per-tensor top-k,
+    as SynFlow does.
 
     The returned scores encode the procedure so that the selection at the target sparsity reproduces its final mask
     exactly: for ``iter_snip`` a weight removed at step ``k`` scores ``k - 1 + 0.5 s / max(s)`` (``s`` its saliency
@@ -220,7 +221,7 @@ class ProgressiveSensitivity(Criterion):
                 raise ValueError(f"{self.name}: budget of {n!r} is {final}, outside [0, {numel}]")
             piece = layout.view(values, n)
             n_eligible = int(torch.count_nonzero(layout.view(eligible, n))) if eligible is not None else numel
-            count = scheduled_count(numel, final, k, self.steps, n_eligible)
+            count = scheduled_count(numel, final, k, self.steps, n_eligible, self.schedule)
             magnitude = layout.weights[n].abs().reshape(-1).float()
             layout.view(keep, n).copy_(top_count(piece, count, tie_break=magnitude))
             if numel:

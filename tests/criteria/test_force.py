@@ -151,6 +151,27 @@ def test_per_tensor_budgets_are_kept_exactly(name):
     assert all(torch.equal(pruned[n], masks[n]) for n in counts)
 
 
+@pytest.mark.parametrize("schedule", ["exp", "linear"])
+def test_inside_budgets_each_tensor_follows_the_chosen_schedule(schedule):
+    # Iter SNIP's scores tell when each weight left: one removed at step r scores in [r - 1, r - 0.5], a survivor
+    # scores >= steps; so a tensor kept count(score >= k) weights after step k.
+    w1, w2, batches = problem(2)
+    counts, steps = {"fc1.weight": 9, "fc2.weight": 5}, 5
+    sparsity = 1 - 14 / (w1.numel() + w2.numel())
+    scores = A.compute_scores(
+        TanhMLP(w1, w2), "iter_snip", dataloader=batches, sparsity=sparsity, budgets=counts, steps=steps,
+        schedule=schedule,
+    )
+    for name, final in counts.items():
+        n = scores[name].numel()
+        kept = [int((scores[name] >= k).sum()) for k in range(1, steps + 1)]
+        if schedule == "linear":
+            expected = [round(n - k * (n - final) / steps) for k in range(1, steps)]
+        else:
+            expected = [round(n * (final / n) ** (k / steps)) for k in range(1, steps)]
+        assert kept == [*expected, final], (name, schedule)
+
+
 @pytest.mark.parametrize("name", ["iter_snip", "force"])
 def test_weights_pruned_before_scoring_stay_pruned(name):
     w1, w2, batches = problem(3)
