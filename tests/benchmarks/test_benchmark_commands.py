@@ -47,11 +47,20 @@ TINY_FLAGS: dict[str, list[str]] = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def launched(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Start every selected benchmark at once (they are independent processes), so the file takes as long as the
-    slowest one rather than the sum; one intra-op thread each, since they share the machine."""
-    selected = {item.name.removeprefix("test_") for item in request.session.items if item.module is request.module}
+# The benchmark processes, started once for the session: conftest.py starts them right after collection, so that
+# they run on the second core while the in-process tests run; the tests of this file run last and only wait.
+_STARTED: dict[str, tuple] = {}
+
+
+def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Start every selected benchmark at once (they are independent processes); one intra-op thread each, since
+    they share the machine."""
+    if _STARTED:
+        return
+    selected = {
+        item.name.removeprefix("test_") for item in session.items
+        if getattr(item, "module", None) is sys.modules[__name__]
+    }
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -60,7 +69,6 @@ def launched(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
     }
-    runs = {}
     for name, flags in TINY_FLAGS.items():
         if name not in selected:
             continue
@@ -75,9 +83,15 @@ def launched(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
             env=env,
             cwd=folder,
         )
-        runs[name] = (process, output, folder)
-    yield runs
-    for process, _, _ in runs.values():
+        _STARTED[name] = (process, output, folder)
+
+
+@pytest.fixture(scope="module")
+def launched(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The selected benchmarks' processes (started by conftest.py in a full run, else here)."""
+    start_early(request.session, tmp_path_factory)
+    yield _STARTED
+    for process, _, _ in _STARTED.values():
         if process.poll() is None:
             process.kill()
             process.communicate()

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import os
+import sys
+import threading
 from pathlib import Path
 
 import nbformat
@@ -47,15 +50,22 @@ def test_notebook_is_plain(path: Path) -> None:
     assert any("import autosparse_hf" in c.source or "from autosparse_hf" in c.source for c in code)
 
 
-@pytest.fixture(scope="module")
-def executed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
-    """Run every selected notebook at once; per notebook stem: the executed notebook, its working directory and the
-    exception its execution raised (``None`` when every cell ran)."""
+# The executions, started once for the session: conftest.py starts them right after collection, in a thread (the
+# kernels are processes), so that they run on the second core while the in-process tests run; the tests of this
+# file run last and only wait for them.
+_STARTED: dict[str, object] = {}
+
+
+def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Start every selected notebook at once, in a background thread, with the environment the kernels need."""
+    if "thread" in _STARTED:
+        return
     from nbclient import NotebookClient
 
     selected = [p for p in NOTEBOOKS if any(
-        item.module is request.module and item.originalname == "test_notebook_runs" and item.callspec.id == p.stem
-        for item in request.session.items
+        getattr(item, "module", None) is sys.modules[__name__] and item.originalname == "test_notebook_runs"
+        and item.callspec.id == p.stem
+        for item in session.items
     )]
     runs = {}
     for path in selected:
@@ -69,25 +79,47 @@ def executed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
             resources={"metadata": {"path": str(folder)}},
         )
         runs[path.stem] = (nb, folder, client)
+    # The kernels get this environment (the test process's own is left alone: TQDM_DISABLE would silence the
+    # progress-bar tests running meanwhile); "python" in the kernel spec resolves to this interpreter.
+    env = {
+        **os.environ,
+        "AUTOSPARSE_SMALL": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "TQDM_DISABLE": "1",
+        "OMP_NUM_THREADS": "1",  # tiny models only lose time to thread contention on a small shared CPU
+    }
 
     async def execute_all() -> list:
-        return await asyncio.gather(*(client.async_execute() for _, _, client in runs.values()), return_exceptions=True)
+        return await asyncio.gather(
+            *(client.async_execute(env=env) for _, _, client in runs.values()), return_exceptions=True
+        )
 
-    with pytest.MonkeyPatch.context() as env:
-        # The kernels inherit this environment; "python" in the kernel spec resolves to this interpreter.
-        env.setenv("AUTOSPARSE_SMALL", "1")
-        env.setenv("HF_HUB_OFFLINE", "1")
-        env.setenv("HF_DATASETS_OFFLINE", "1")
-        env.setenv("TRANSFORMERS_OFFLINE", "1")
-        env.setenv("CUDA_VISIBLE_DEVICES", "")
-        env.setenv("TQDM_DISABLE", "1")
-        # One intra-op thread: the tiny models here only lose time to thread contention on a small shared CPU.
-        env.setenv("OMP_NUM_THREADS", "1")
-        outcomes = asyncio.run(execute_all())
-    return {
-        stem: (nb, folder, outcome if isinstance(outcome, BaseException) else None)
-        for (stem, (nb, folder, _)), outcome in zip(runs.items(), outcomes, strict=True)
-    }
+    def run() -> None:
+        try:
+            outcomes = asyncio.run(execute_all())
+        except BaseException as error:  # noqa: BLE001  (reported by every notebook's test)
+            outcomes = [error] * len(runs)
+        _STARTED["results"] = {
+            stem: (nb, folder, outcome if isinstance(outcome, BaseException) else None)
+            for (stem, (nb, folder, _)), outcome in zip(runs.items(), outcomes, strict=True)
+        }
+
+    thread = threading.Thread(target=run, name="notebooks", daemon=True)
+    _STARTED["thread"] = thread
+    thread.start()
+
+
+@pytest.fixture(scope="module")
+def executed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """Per notebook stem: the executed notebook, its working directory and the exception its execution raised
+    (``None`` when every cell ran)."""
+    start_early(request.session, tmp_path_factory)  # already started by conftest.py in a full run
+    thread = _STARTED["thread"]
+    thread.join()  # type: ignore[attr-defined]
+    return _STARTED["results"]  # type: ignore[return-value]
 
 
 @pytest.mark.slow
