@@ -108,12 +108,15 @@ def _folder(job: str, index: int | None) -> str:
     return f"{job}-reference" if index is None else f"{job}-{index:02d}"
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[int]]]:
-    """Run every job of the plan in the fork server: each reference once, each boundary killed then resumed.
+# The plan, started once for the session: conftest.py starts it right after collection, so that it runs on the
+# second core while the in-process tests run; the tests of this file run last and only wait for it.
+_STARTED: dict[str, Any] = {}
 
-    Returns the root folder and, per output folder name, the exit statuses of its jobs.
-    """
+
+def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactory) -> None:  # noqa: ARG001
+    """Start every job of the plan in the fork server: each reference once, each boundary killed then resumed."""
+    if _STARTED:
+        return
     root = tmp_path_factory.mktemp("faults")
     chains: list[list[dict[str, Any]]] = []
     names: list[str] = []
@@ -126,20 +129,38 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list
             chains.append([{"job": job, "out": str(out), "kill": boundary}, {"job": job, "out": str(out)}])
             names.append(out.name)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    with (root / "server.log").open("w") as log:
-        server = subprocess.run(
+    plan = root / "plan.json"
+    plan.write_text(json.dumps(chains) + "\n")
+    log = (root / "server.log").open("w")
+    with plan.open() as stdin:  # the server reads the plan from its stdin (its own copy of the file descriptor)
+        server = subprocess.Popen(
             [sys.executable, str(DRIVER), "serve", str(PARALLEL)],
-            input=json.dumps(chains) + "\n",
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
             env=env,
-            timeout=PLAN_TIMEOUT_S,
-            check=False,
         )
+    _STARTED.update(root=root, names=names, server=server, log=log)
+
+
+@pytest.fixture(scope="module")
+def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[int]]]:
+    """The root folder and, per output folder name, the exit statuses of its jobs (the plan started by conftest.py
+    in a full run, else here)."""
+    start_early(request.session, tmp_path_factory)
+    root, names, server = _STARTED["root"], _STARTED["names"], _STARTED["server"]
+    try:
+        stdout, _ = server.communicate(timeout=PLAN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.communicate()
+        raise
+    finally:
+        _STARTED["log"].close()
     assert server.returncode == 0, (root / "server.log").read_text()[-3000:]
     codes = {}
-    for line in server.stdout.splitlines():
+    for line in stdout.splitlines():
         answer = json.loads(line)
         codes[names[answer["chain"]]] = answer["codes"]
     assert sorted(codes) == sorted(names), "the fork server did not answer for every job"
