@@ -14,16 +14,16 @@ import torch
 
 from . import removal
 from .removal import (
-    _EMPTY,
-    _FLOAT,
-    _UNSIGNED,
-    _Bound,
-    _brackets,
-    _check_count,
-    _every_survivor,
-    _flags,
-    _sampling,
-    _split_lowest,
+    EMPTY_POSITIONS,
+    FLOAT_OF,
+    UNSIGNED_OF,
+    Bound,
+    bounded_flags,
+    check_count,
+    every_survivor,
+    sample_brackets,
+    sampling,
+    split_lowest,
 )
 
 # Entries per chunk of ProductRound's pass: the chunk's scores and flags stay in the core's cache.
@@ -63,7 +63,7 @@ class ProductRound:
         self.grads, self.weights = list(grads), list(weights)
         self.sizes = [g.size for g in self.grads]
         dtype = self.grads[0].dtype if self.grads else np.dtype(np.float32)
-        self.unsigned = _UNSIGNED[dtype.type]
+        self.unsigned = UNSIGNED_OF[dtype.type]
         # Per tensor (NaN-propagating; -inf for an empty tensor), known after a pass.
         self.maxima: list[float] | None = None
         self._longest = min(max(self.sizes, default=0), _CHUNK)
@@ -86,7 +86,7 @@ class ProductRound:
         """The scores of tensor ``index``, all of them (a new array)."""
         return self.values(index, slice(None))
 
-    def _pass(self, index: int, bound: _Bound | None, maximum: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    def _pass(self, index: int, bound: Bound | None, maximum: bool) -> tuple[np.ndarray, np.ndarray, float]:
         """One read of tensor ``index``: its maximum (when asked) and the positions and keys of the survivors leaving
         no later than ``bound`` (local ``cut``; none when ``bound`` is ``None``), chunk by chunk. Stops early at a
         non-finite maximum."""
@@ -110,16 +110,16 @@ class ProductRound:
                 if maximum:
                     top = float(scores.max())
                     if not top < math.inf:  # NaN or infinite
-                        return _EMPTY, np.empty(0, dtype=self.unsigned), top
+                        return EMPTY_POSITIONS, np.empty(0, dtype=self.unsigned), top
                     peak = max(peak, top)
                 if key is not None:
                     bits = scores.view(self.unsigned)
-                    chosen = np.flatnonzero(_flags(bits, key, cut - start, flags))
+                    chosen = np.flatnonzero(bounded_flags(bits, key, cut - start, flags))
                     if chosen.size:
                         keys.append(bits[chosen])
                         positions.append(np.add(chosen, start, out=chosen))
         if not positions:
-            return _EMPTY, np.empty(0, dtype=self.unsigned), peak
+            return EMPTY_POSITIONS, np.empty(0, dtype=self.unsigned), peak
         return np.concatenate(positions), np.concatenate(keys), peak
 
     def select(
@@ -133,34 +133,34 @@ class ProductRound:
         counts = list(count) if per_tensor else [count]  # type: ignore[arg-type]
         groups = [[i] for i in range(n)] if per_tensor else [list(range(n))]
         # Brackets first, from strided samples (their scores computed as the pass computes them).
-        bounds: list[list[_Bound | None]] = []
+        bounds: list[list[Bound | None]] = []
         offsets = [0] * n  # each tensor's offset in its group's concatenation
         for c, group in zip(counts, groups, strict=True):
-            total_alive = _check_count([alive[i] for i in group], c)
+            total_alive = check_count([alive[i] for i in group], c)
             sizes = [self.sizes[i] for i in group]
-            stride, starts, group_offsets = _sampling(sizes)
+            stride, starts, group_offsets = sampling(sizes)
             for i, o in zip(group, group_offsets, strict=True):
                 offsets[i] = o
-            brackets: list[_Bound | None] = [None]
+            brackets: list[Bound | None] = [None]
             if 0 < c < total_alive and sum(sizes) >= removal._BRACKET_MIN_SIZE:
                 samples = [self.values(i, slice(s, None, stride)) for i, s in zip(group, starts, strict=True)]
                 keys = np.concatenate(samples).view(self.unsigned)
                 places = np.concatenate(
                     [np.arange(o + s, o + m, stride) for o, s, m in zip(group_offsets, starts, sizes, strict=True)]
                 )
-                brackets = _brackets(keys, places, sum(sizes), c)
+                brackets = sample_brackets(keys, places, sum(sizes), c)
             bounds.append(brackets)
         # One pass per tensor: maxima (unless known) and candidates under the tightest bracket.
         if self.maxima is not None and not self.finite:
             return None
         known = self.maxima is not None
-        every = _every_survivor(self.unsigned)
-        first: list[_Bound | None] = [None] * n
+        every = every_survivor(self.unsigned)
+        first: list[Bound | None] = [None] * n
         for c, brackets, group in zip(counts, bounds, groups, strict=True):
             for i in group:
                 if c and alive[i]:
                     bound = brackets[0] if brackets[0] is not None else every
-                    first[i] = _Bound(bound.key, bound.cut - offsets[i])
+                    first[i] = Bound(bound.key, bound.cut - offsets[i])
         found: list[tuple[np.ndarray, np.ndarray]] = []
         maxima = []
         for positions, keys, peak in _map(lambda i: self._pass(i, first[i], not known), range(n)):
@@ -170,8 +170,8 @@ class ProductRound:
             self.maxima = maxima
             if not self.finite:
                 return None
-        removed: list[np.ndarray] = [_EMPTY] * n
-        values = [np.empty(0, dtype=_FLOAT[self.unsigned])] * n
+        removed: list[np.ndarray] = [EMPTY_POSITIONS] * n
+        values = [np.empty(0, dtype=FLOAT_OF[self.unsigned])] * n
         for c, brackets, group in zip(counts, bounds, groups, strict=True):
             if c == 0:
                 continue
@@ -180,7 +180,7 @@ class ProductRound:
                 if sum(p.size for p, _ in part) > c:
                     break
                 key, cut = bound if bound is not None else every
-                part = [self._pass(i, _Bound(key, cut - offsets[i]), False)[:2] if alive[i] else found[i] for i in group]
-            for i, positions, keys in zip(group, *_split_lowest(part, c), strict=True):
-                removed[i], values[i] = positions, keys.view(_FLOAT[self.unsigned])
+                part = [self._pass(i, Bound(key, cut - offsets[i]), False)[:2] if alive[i] else found[i] for i in group]
+            for i, positions, keys in zip(group, *split_lowest(part, c), strict=True):
+                removed[i], values[i] = positions, keys.view(FLOAT_OF[self.unsigned])
         return removed, values

@@ -49,13 +49,13 @@ _WIDER = ((1.0, 1.0), (2.0, 4.0))
 # Whether stored scores on the CPU are read through numpy (tests switch it off to run the torch path on the CPU).
 NUMPY_ON_CPU = True
 
-_UNSIGNED = {torch.float32: np.uint32, torch.float64: np.uint64, np.float32: np.uint32, np.float64: np.uint64}
-_FLOAT = {np.uint32: np.float32, np.uint64: np.float64}
+UNSIGNED_OF = {torch.float32: np.uint32, torch.float64: np.uint64, np.float32: np.uint32, np.float64: np.uint64}
+FLOAT_OF = {np.uint32: np.float32, np.uint64: np.float64}
 _SIGNED = {torch.float32: torch.int32, torch.float64: torch.int64}
-_EMPTY = np.empty(0, dtype=np.int64)
+EMPTY_POSITIONS = np.empty(0, dtype=np.int64)
 
 
-class _Bound(NamedTuple):
+class Bound(NamedTuple):
     """The survivors that leave no later than (``key``, ``cut``) in the removal order: a key below ``key``, or equal
     to it at a position (in the concatenation) of at least ``cut``."""
 
@@ -68,12 +68,12 @@ def _pruned_key(unsigned: type) -> int:
     return 1 << (8 * np.dtype(unsigned).itemsize - 1)
 
 
-def _every_survivor(unsigned: type) -> _Bound:
-    return _Bound(_pruned_key(unsigned) - 1, 0)
+def every_survivor(unsigned: type) -> Bound:
+    return Bound(_pruned_key(unsigned) - 1, 0)
 
 
 
-def _sampling(sizes: Sequence[int]) -> tuple[int, list[int], list[int]]:
+def sampling(sizes: Sequence[int]) -> tuple[int, list[int], list[int]]:
     """A sample of the concatenation of parts of ``sizes`` (one entry in ``_BRACKET_EVERY``, within
     ``_BRACKET_SAMPLE_MIN`` and ``_BRACKET_SAMPLE``), every ``stride``-th: the stride, and each part's first sampled
     position and offset in the concatenation. The stride is prime, so that it does not alias with a tensor's rows (a
@@ -89,7 +89,7 @@ def _sampling(sizes: Sequence[int]) -> tuple[int, list[int], list[int]]:
     return stride, starts, offsets
 
 
-def _brackets(keys: np.ndarray, places: np.ndarray, total: int, count: int) -> list[_Bound | None]:
+def sample_brackets(keys: np.ndarray, places: np.ndarray, total: int, count: int) -> list[Bound | None]:
     """Bounds likely at or after the ``count + 1``-th survivor to leave, of ``total`` entries, from a sample of them
     (unsigned ``keys``, pruned entries sorting last, at concatenation positions ``places``), tighter first; ``None``:
     every survivor (always last)."""
@@ -101,7 +101,7 @@ def _brackets(keys: np.ndarray, places: np.ndarray, total: int, count: int) -> l
     sigma = math.sqrt(position * max(1.0 - position / s, 0.0))
     indices = sorted({math.ceil(position * scale + widen * (_BRACKET_SIGMAS * sigma + 4.0)) for scale, widen in _WIDER})
     indices = [i for i in indices if i < s]
-    bounds: list[_Bound | None] = []
+    bounds: list[Bound | None] = []
     if indices:
         ordered = np.partition(keys, indices)
         pruned = _pruned_key(keys.dtype.type)
@@ -112,13 +112,13 @@ def _brackets(keys: np.ndarray, places: np.ndarray, total: int, count: int) -> l
             # Within equal keys the sample leaves as the survivors do: the latest position first.
             before = int(np.count_nonzero(keys < key))
             tied = np.sort(places[keys == key])[::-1]
-            bound = _Bound(int(key), int(tied[i - before]))
+            bound = Bound(int(key), int(tied[i - before]))
             if bound not in bounds:
                 bounds.append(bound)
     return [*bounds, None]
 
 
-def _lowest_flags(keys_per_part: Sequence[np.ndarray], count: int) -> list[np.ndarray] | None:
+def lowest_flags(keys_per_part: Sequence[np.ndarray], count: int) -> list[np.ndarray] | None:
     """Of candidate keys (per part, in position order) that hold every survivor leaving no later than the
     ``count + 1``-th, which are the first ``count`` to leave: the lowest keys, ties the last in (part, position)
     order. Per part, booleans; ``None`` when that is all of them."""
@@ -134,24 +134,24 @@ def _lowest_flags(keys_per_part: Sequence[np.ndarray], count: int) -> list[np.nd
     return np.split(removed, np.cumsum([k.size for k in keys_per_part[:-1]]))
 
 
-def _split_lowest(
+def split_lowest(
     found: Sequence[tuple[np.ndarray, np.ndarray]], count: int
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The positions and keys of the first ``count`` candidates to leave (see :func:`_lowest_flags`)."""
-    flags = _lowest_flags([k for _, k in found], count)
+    """The positions and keys of the first ``count`` candidates to leave (see :func:`lowest_flags`)."""
+    flags = lowest_flags([k for _, k in found], count)
     if flags is None:
         return [p for p, _ in found], [k for _, k in found]
     return [p[f] for (p, _), f in zip(found, flags, strict=True)], [k[f] for (_, k), f in zip(found, flags, strict=True)]
 
 
-def _check_count(alive: Sequence[int], count: int) -> int:
+def check_count(alive: Sequence[int], count: int) -> int:
     total_alive = sum(alive)
     if not 0 <= count <= total_alive:
         raise ValueError(f"cannot remove {count} of {total_alive} survivors")
     return total_alive
 
 
-def _flags(bits: np.ndarray, key: np.unsignedinteger, cut: int, out: np.ndarray) -> np.ndarray:
+def bounded_flags(bits: np.ndarray, key: np.unsignedinteger, cut: int, out: np.ndarray) -> np.ndarray:
     """``bits < key`` before position ``cut``, ``bits <= key`` from it on (numpy, into ``out``)."""
     cut = min(max(cut, 0), bits.size)
     if cut:
@@ -171,7 +171,7 @@ class _Stored:
 
     def __init__(self, scores: torch.Tensor) -> None:
         self.size = scores.numel()
-        self.unsigned = _UNSIGNED[scores.dtype]
+        self.unsigned = UNSIGNED_OF[scores.dtype]
         self.numpy = NUMPY_ON_CPU and scores.device.type == "cpu"
         self.bits = scores.numpy().view(self.unsigned) if self.numpy else scores.view(_SIGNED[scores.dtype])
 
@@ -183,7 +183,7 @@ class _Stored:
         """Flat positions (ascending) and keys of the survivors leaving no later than (``key``, local ``cut``)."""
         if self.numpy:
             out = buffer if buffer is not None and buffer.size >= self.size else np.empty(self.size, dtype=bool)
-            positions = np.flatnonzero(_flags(self.bits, self.unsigned(key), cut, out))
+            positions = np.flatnonzero(bounded_flags(self.bits, self.unsigned(key), cut, out))
             return positions, self.bits[positions]
         cut = min(max(cut, 0), self.size)
         chosen = self.bits >= 0
@@ -217,25 +217,25 @@ def lowest_alive(
         ([array([0, 2])], [array([0.5, 0. ], dtype=float32)])
         ```
     """
-    total_alive = _check_count(alive, count)
+    total_alive = check_count(alive, count)
     parts = [_Stored(s) for s in scores]
     unsigned = parts[0].unsigned if parts else np.uint32
     if count == 0:
-        return [_EMPTY for _ in scores], [np.empty(0, dtype=_FLOAT[unsigned]) for _ in scores]
+        return [EMPTY_POSITIONS for _ in scores], [np.empty(0, dtype=FLOAT_OF[unsigned]) for _ in scores]
     sizes = [p.size for p in parts]
-    stride, starts, offsets = _sampling(sizes)
-    bounds: list[_Bound | None] = [None]
+    stride, starts, offsets = sampling(sizes)
+    bounds: list[Bound | None] = [None]
     if count < total_alive:
         keys = np.concatenate([p.sample(start, stride) for p, start in zip(parts, starts, strict=True)])
         places = np.concatenate([np.arange(o + s, o + n, stride) for o, s, n in zip(offsets, starts, sizes, strict=True)])
-        bounds = _brackets(keys, places, sum(sizes), count)
-    empty = (_EMPTY, np.empty(0, dtype=unsigned))
+        bounds = sample_brackets(keys, places, sum(sizes), count)
+    empty = (EMPTY_POSITIONS, np.empty(0, dtype=unsigned))
     for bound in bounds:  # the first bracket that holds more than `count` survivors (the last holds them all)
-        key, cut = bound if bound is not None else _every_survivor(unsigned)
+        key, cut = bound if bound is not None else every_survivor(unsigned)
         found = [
             p.candidates(key, cut - o, buffer) if a else empty for p, a, o in zip(parts, alive, offsets, strict=True)
         ]
         if bound is None or sum(p.size for p, _ in found) > count:
             break
-    positions, keys = _split_lowest(found, count)
-    return positions, [k.view(_FLOAT[unsigned]) for k in keys]
+    positions, keys = split_lowest(found, count)
+    return positions, [k.view(FLOAT_OF[unsigned]) for k in keys]

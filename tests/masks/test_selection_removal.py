@@ -122,7 +122,7 @@ def test_a_sample_that_misleads_the_bracket_costs_a_pass_not_the_answer(dtype, m
     # The sampled positions hold the smallest scores and everything else is larger: the first bracket (and the wider
     # one) hold too few survivors, and the next pass lists them all.
     sizes = [90_000, 40_000]
-    stride, starts, _ = removal._sampling(sizes)
+    stride, starts, _ = removal.sampling(sizes)
     rng = np.random.default_rng(1)
     weights = []
     for n, start in zip(sizes, starts, strict=True):
@@ -159,8 +159,8 @@ def test_a_cut_inside_a_block_of_equal_scores_lists_only_what_leaves(monkeypatch
     weight = np.where(rng.random(n) < 0.94, 0.0, rng.random(n)).astype(np.float32)
     grad = np.ones(n, dtype=np.float32)
     listed = []
-    real = removal._lowest_flags
-    monkeypatch.setattr(removal, "_lowest_flags", lambda keys, count: listed.append(sum(k.size for k in keys)) or real(keys, count))
+    real = removal.lowest_flags
+    monkeypatch.setattr(removal, "lowest_flags", lambda keys, count: listed.append(sum(k.size for k in keys)) or real(keys, count))
     count = 23_000
     found = ProductRound([grad], [weight]).select([n], count)
     _check(found, _brute_force([weight], count), [weight])
