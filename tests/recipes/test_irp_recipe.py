@@ -50,11 +50,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(launcher_args: list[str], script: Path, args: list[str], env: dict[str, str]) -> None:
-    cmd = [str(ACCELERATE), "launch", *launcher_args, str(script), *args]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-
 
 def masks_sha256(masks) -> str:  # noqa: ANN001  (the same digest as tests/irp_ddp_probe.py)
     digest = hashlib.sha256()
@@ -97,12 +92,59 @@ def test_tiny_config_parses_and_command_line_flags_override_it(tmp_path: Path) -
 # ------------------------------------------------------------------------------------- accelerate launch, 1 and 2
 
 
-@pytest.fixture(scope="module")
-def single_process_run(tmp_path_factory) -> Path:  # noqa: ANN001
+# The two launches, started once for the session: conftest.py starts them right after collection, so that they run
+# on the second core while the in-process tests run; the tests of this file run last and only wait for them.
+_STARTED: dict[str, tuple] = {}
+
+
+def _start(launcher_args: list[str], script: Path, args: list[str], env: dict[str, str]) -> tuple:
+    cmd = [str(ACCELERATE), "launch", *launcher_args, str(script), *args]
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, cmd
+
+
+def _wait(name: str) -> None:
+    process, cmd = _STARTED[name][:2]
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    assert process.returncode == 0, f"{' '.join(cmd)} failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
+
+
+def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactory) -> None:  # noqa: ARG001
+    """Launch the one-process recipe run and the two-process DDP probe run, at once."""
+    if _STARTED:
+        return
     out = tmp_path_factory.mktemp("irp-recipe-1proc")
-    _launch(["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
-            RECIPE, ["--config", str(TINY), "--output_dir", str(out)], _env())
-    return out
+    _STARTED["single"] = (*_start(
+        ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+        RECIPE, ["--config", str(TINY), "--output_dir", str(out)], _env(),
+    ), out)
+    root = tmp_path_factory.mktemp("irp-recipe-2proc")
+    out2, probe = root / "out", root / "probe"
+    # --multi_gpu starts real torch.distributed processes (gloo on CPU); `--cpu --num_processes 2` would run one.
+    _STARTED["ddp"] = (*_start(
+        ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", str(_free_port())],
+        PROBE, ["--config", str(TINY), "--output_dir", str(out2)], {**_env(), "IRP_PROBE_DIR": str(probe)},
+    ), (out2, probe))
+
+
+@pytest.fixture(scope="module")
+def single_process_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    start_early(request.session, tmp_path_factory)
+    _wait("single")
+    return _STARTED["single"][2]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    start_early(request.session, tmp_path_factory)
+    _wait("ddp")
+    return _STARTED["ddp"][2]
 
 
 @pytest.mark.slow
@@ -125,13 +167,8 @@ def test_recipe_single_process_writes_the_run_folder(single_process_run: Path) -
 
 
 @pytest.mark.slow
-def test_recipe_two_ddp_processes_agree_and_write_once(single_process_run: Path, tmp_path: Path) -> None:
-    out, probe = tmp_path / "out", tmp_path / "probe"
-    env = {**_env(), "IRP_PROBE_DIR": str(probe)}
-    # --multi_gpu starts real torch.distributed processes (gloo on CPU); `--cpu --num_processes 2` would run one.
-    _launch(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-             "--dynamo_backend", "no", "--main_process_port", str(_free_port())],
-            PROBE, ["--config", str(TINY), "--output_dir", str(out)], env)
+def test_recipe_two_ddp_processes_agree_and_write_once(single_process_run: Path, ddp_run: tuple[Path, Path]) -> None:
+    out, probe = ddp_run
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert all(r["finished"] for r in ranks)
