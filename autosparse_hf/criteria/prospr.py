@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,7 +152,7 @@ class ProsPrCriterion(Criterion):
         passes = steps + num_meta + (steps * (steps + 1) // 2 + steps if not self.first_order else 0)
         bar = scoring_progress(passes, "ProsPr passes", self.progress, unit="pass")
         try:
-            with ExitStack() as stack:
+            with ExitStack() as stack, _clear_batch_norm_errors():
                 if not self.first_order:
                     # Double backward: the fused attention kernels and torch's hard-sigmoid/hard-swish backward
                     # have none (see GraSP). Every pass runs so, to follow one trajectory.
@@ -314,3 +314,20 @@ def _flat_empty_like(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
         out[n] = buffer[offset : offset + t.numel()].view(t.shape)
         offset += t.numel()
     return out
+
+
+@contextmanager
+def _clear_batch_norm_errors() -> Iterator[None]:
+    """Name the cause and the way out when batch norm on batch statistics sees one value per channel (torch's own
+    message names neither ProsPr nor the option)."""
+    try:
+        yield
+    except ValueError as error:
+        if "Expected more than 1 value per channel" not in str(error):
+            raise
+        raise ValueError(
+            "prospr: batch norm on batch statistics (batch_statistics=True, the official code's behaviour) needs more "
+            "than one value per channel, and a batch-norm layer got one (a batch of 1 reaching a 1x1 feature map); "
+            "use larger batches, or criterion_options={'batch_statistics': False} for the running statistics"
+        ) from error
+

@@ -477,3 +477,22 @@ def test_reverse_sweep_equals_the_unrolled_graph(steps, num_meta):
                             inner_lr=0.1, progress=False)
     for n, value in expected.items():
         torch.testing.assert_close(scores[n], value, rtol=1e-5, atol=1e-6 * float(value.max()))
+
+
+def test_one_value_per_batch_norm_channel_is_a_clear_error():
+    # A batch of one reaching a 1x1 feature map: batch statistics are undefined; the error names ProsPr's option.
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 3))
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, pixel_values, labels=None):
+            logits = self.net(pixel_values)
+            return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    data = [{"pixel_values": torch.randn(1, 1, 3, 3), "labels": torch.tensor([1])}]
+    with pytest.raises(ValueError, match="batch_statistics"):
+        compute_scores(Wrapped(), "prospr", dataloader=data)
+    assert finite(compute_scores(Wrapped(), "prospr", dataloader=data, batch_statistics=False))
