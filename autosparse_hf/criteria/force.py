@@ -128,9 +128,13 @@ class ProgressiveSensitivity(Criterion):
                 if self.revives and k < self.steps:
                     saliency = None
                 if removed_at is not None:
-                    # Step k's removals are the survivors it does not keep (keep lies inside mask); two fills instead
-                    # of a temporary mask & ~keep.
-                    removed_at.masked_fill_(mask, k).masked_fill_(keep, 0)
+                    # Step k's removals are the survivors it does not keep (keep lies inside mask: mask ^ keep), each
+                    # removed once, so its entry is still 0: adding k there is writing k. (A masked fill with a
+                    # boolean mask is an order of magnitude slower on the CPU.)
+                    removed = torch.bitwise_xor(mask, keep)
+                    removed = removed.view(torch.uint8) if removed_at.dtype == torch.uint8 else removed.to(removed_at.dtype)
+                    removed_at.add_(removed, alpha=k)
+                    del removed
                 peaks.append(peak)
                 mask = keep
                 bar.update(1)
