@@ -113,9 +113,12 @@ def _folder(job: str, index: int | None) -> str:
 _STARTED: dict[str, Any] = {}
 
 
-def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactory) -> None:  # noqa: ARG001
-    """Start every job of the plan in the fork server: each reference once, each boundary killed then resumed."""
-    if _STARTED:
+def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Start every job of the plan in the fork server: each reference once, each boundary killed then resumed (when a
+    selected test uses them)."""
+    used = {n for item in session.items if getattr(item, "module", None) is sys.modules[__name__]
+            for n in getattr(item, "fixturenames", ())}
+    if _STARTED or "runs" not in used:
         return
     root = tmp_path_factory.mktemp("faults")
     chains: list[list[dict[str, Any]]] = []

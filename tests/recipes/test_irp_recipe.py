@@ -114,9 +114,11 @@ def _wait(name: str) -> None:
     assert process.returncode == 0, f"{' '.join(cmd)} failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
 
 
-def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactory) -> None:  # noqa: ARG001
-    """Launch the one-process recipe run and the two-process DDP probe run, at once."""
-    if _STARTED:
+def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Launch the one-process recipe run and the two-process DDP probe run, at once (when a selected test uses them)."""
+    used = {n for item in session.items if getattr(item, "module", None) is sys.modules[__name__]
+            for n in getattr(item, "fixturenames", ())}
+    if _STARTED or not used & {"single_process_run", "ddp_run"}:
         return
     out = tmp_path_factory.mktemp("irp-recipe-1proc")
     _STARTED["single"] = (*_start(
