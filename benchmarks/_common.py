@@ -55,6 +55,40 @@ def apply_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def synflow_passes(model: Any, batch: dict, rounds: int) -> Callable[[], None]:
+    """``rounds`` SynFlow forward/backward passes alone, on a copy of ``model``: what SynFlow cannot avoid.
+
+    The same passes as ``SynFlowCriterion`` (its input from the family adapter, eval mode, absolute weights, only the
+    prunable parameters requiring gradients, gradients cleared before each pass), without scoring, selection or
+    bookkeeping. Returns the function that runs them (the preparation is not timed).
+    """
+    import copy
+
+    import torch
+
+    from autosparse_hf import get_prunable_parameters
+    from autosparse_hf.families import get_family
+
+    model = copy.deepcopy(model)
+    family, params = get_family(model), get_prunable_parameters(model)
+    inputs = family.synflow_inputs(model, batch)
+    model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+            p.requires_grad_(False)
+    for p in params.values():
+        p.param.requires_grad_(True)
+
+    def run() -> None:
+        for _ in range(rounds):
+            for p in params.values():
+                p.param.grad = None
+            family.synflow_output(model, inputs).sum().backward()
+
+    return run
+
+
 # ---------------------------------------------------------------------------------------------------------- timing
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))

@@ -108,31 +108,10 @@ def time_scoring(
 
 
 def time_synflow_passes(model: torch.nn.Module, batches: list, rounds: int) -> float:
-    """Seconds of ``rounds`` SynFlow forward/backward passes alone, on a copy of ``model``: what SynFlow cannot avoid.
-
-    The same passes as ``SynFlowCriterion`` (its input from the family adapter, eval mode, absolute weights, only the
-    prunable parameters requiring gradients), without scoring, selection or bookkeeping.
-    """
-    import copy
-
-    from autosparse_hf import get_prunable_parameters
-    from autosparse_hf.families import get_family
-
-    model = copy.deepcopy(model)
-    family, params = get_family(model), get_prunable_parameters(model)
-    inputs = family.synflow_inputs(model, batches[0])
-    model.eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.abs_()
-            p.requires_grad_(False)
-    for p in params.values():
-        p.param.requires_grad_(True)
+    """Seconds of ``rounds`` SynFlow forward/backward passes alone (:func:`_common.synflow_passes`)."""
+    run = common.synflow_passes(model, batches[0], rounds)
     start = time.perf_counter()
-    for _ in range(rounds):
-        for p in params.values():
-            p.param.grad = None
-        family.synflow_output(model, inputs).sum().backward()
+    run()
     return time.perf_counter() - start
 
 

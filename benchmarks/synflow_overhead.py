@@ -25,7 +25,6 @@ Target (issue 14): both ratios <= 1.5.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import shlex
 import sys
@@ -61,31 +60,6 @@ def clocked(fn: Callable[[], Any]) -> dict[str, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
-
-
-def passes_alone(model: torch.nn.Module, batch: dict, rounds: int) -> Callable[[], None]:
-    """``rounds`` SynFlow forward/backward passes on a copy of ``model`` prepared as SynFlow prepares it."""
-    from autosparse_hf import get_prunable_parameters
-    from autosparse_hf.families import get_family
-
-    model = copy.deepcopy(model)
-    family, params = get_family(model), get_prunable_parameters(model)
-    inputs = family.synflow_inputs(model, batch)
-    model.eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.abs_()
-            p.requires_grad_(False)
-    for p in params.values():
-        p.param.requires_grad_(True)
-
-    def run() -> None:
-        for _ in range(rounds):
-            for p in params.values():
-                p.param.grad = None
-            family.synflow_output(model, inputs).sum().backward()
-
-    return run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -130,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         counts = allocation.allocate(params, args.sparsity, type(model).__name__).counts
         compute_scores(model, criterion, dataloader=[batch], sparsity=args.sparsity, params=params, budgets=counts)
 
-    passes = passes_alone(model, batch, args.rounds)
+    passes = common.synflow_passes(model, batch, args.rounds)
     cases = {"passes": passes, "global": synflow_global, "budgets": synflow_budgets}
     order = list(cases)
     runs: list[dict[str, Any]] = []
