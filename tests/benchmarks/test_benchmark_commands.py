@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.early_start import selected_items
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 COMMON_KEYS = {"benchmark", "config", "results", "target", "environment"}
 TARGET_KEYS = {"description", "measured", "target", "unit", "ratio", "higher_is_better", "met"}
@@ -57,10 +59,7 @@ def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactor
     they share the machine."""
     if _STARTED:
         return
-    selected = {
-        item.name.removeprefix("test_") for item in session.items
-        if getattr(item, "module", None) is sys.modules[__name__]
-    }
+    selected = {item.name.removeprefix("test_") for item in selected_items(session, __name__)}
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",

@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from autosparse_hf import MaskSet
 from autosparse_hf.records import load_score_dataset
 from autosparse_hf.records.score_dataset import description_documents
+from tests.early_start import fixtures_used
 
 pytestmark = pytest.mark.slow
 
@@ -116,9 +117,7 @@ _STARTED: dict[str, Any] = {}
 def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Start every job of the plan in the fork server: each reference once, each boundary killed then resumed (when a
     selected test uses them)."""
-    used = {n for item in session.items if getattr(item, "module", None) is sys.modules[__name__]
-            for n in getattr(item, "fixturenames", ())}
-    if _STARTED or "runs" not in used:
+    if _STARTED or "runs" not in fixtures_used(session, __name__):
         return
     root = tmp_path_factory.mktemp("faults")
     chains: list[list[dict[str, Any]]] = []

@@ -12,12 +12,13 @@ from __future__ import annotations
 import ast
 import asyncio
 import os
-import sys
 import threading
 from pathlib import Path
 
 import nbformat
 import pytest
+
+from tests.early_start import selected_items
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -62,11 +63,8 @@ def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactor
         return
     from nbclient import NotebookClient
 
-    selected = [p for p in NOTEBOOKS if any(
-        getattr(item, "module", None) is sys.modules[__name__] and item.originalname == "test_notebook_runs"
-        and item.callspec.id == p.stem
-        for item in session.items
-    )]
+    ids = {item.callspec.id for item in selected_items(session, __name__) if item.originalname == "test_notebook_runs"}
+    selected = [p for p in NOTEBOOKS if p.stem in ids]
     runs = {}
     for path in selected:
         folder = tmp_path_factory.mktemp(path.stem)

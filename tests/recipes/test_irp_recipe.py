@@ -25,6 +25,7 @@ from autosparse_hf.irp.callback import RUN_DIR, RUN_FILE
 from autosparse_hf.irp.runner import IRPRunArguments, run_irp
 from autosparse_hf.records import SCORE_FEATURES
 from autosparse_hf.training import TrainRecipe
+from tests.early_start import fixtures_used
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "irp.py"
@@ -116,9 +117,7 @@ def _wait(name: str) -> None:
 
 def start_early(session: pytest.Session, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Launch the one-process recipe run and the two-process DDP probe run, at once (when a selected test uses them)."""
-    used = {n for item in session.items if getattr(item, "module", None) is sys.modules[__name__]
-            for n in getattr(item, "fixturenames", ())}
-    if _STARTED or not used & {"single_process_run", "ddp_run"}:
+    if _STARTED or not fixtures_used(session, __name__) & {"single_process_run", "ddp_run"}:
         return
     out = tmp_path_factory.mktemp("irp-recipe-1proc")
     _STARTED["single"] = (*_start(
