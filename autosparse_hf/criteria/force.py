@@ -303,27 +303,7 @@ def _step_dtype(steps: int) -> torch.dtype:
 def _top_count_by_magnitude(values: torch.Tensor, count: int, layout: _FlatLayout) -> torch.Tensor:
     """``top_count(values, count, tie_break=|w0|)`` without a flat copy of ``|w0|``: the magnitudes are read only at
     the entries tied at the threshold, and only when those ties decide which weights are kept."""
-    keep = top_count(values, count)  # ties in index order
-    if count <= 0 or count >= values.numel():
-        return keep
-    # The count-th largest value is the smallest kept one (read in chunks: no value-sized temporary).
-    chunk = 1 << 23
-    threshold = min(
-        float(torch.where(keep[i : i + chunk], values[i : i + chunk], math.inf).amin())
-        for i in range(0, values.numel(), chunk)
-    )
-    threshold = torch.tensor(threshold, dtype=values.dtype, device=values.device)
-    tied = values == threshold
-    needed = count - int(torch.count_nonzero(values > threshold))
-    if needed == int(torch.count_nonzero(tied)):
-        return keep  # every tied value is kept: no tie-break needed
-    # As top_count's tie_break: the ``needed`` tied entries of largest |w0|, their own ties in index order.
-    index = torch.nonzero(tied).squeeze(1)
-    del tied
-    chosen = index.index_select(0, torch.nonzero(top_count(layout.magnitude_at(index), needed)).squeeze(1))
-    keep = values > threshold
-    keep[chosen] = True
-    return keep
+    return top_count(values, count, tie_break=layout.magnitude_at)
 
 
 @register_criterion
@@ -349,12 +329,16 @@ class IterSNIPCriterion(ProgressiveSensitivity):
         scales = torch.tensor(peaks, dtype=torch.float64, device=mask.device)
         result = {}
         for n in layout.names:
-            values, kept, step = saliency.pop(n).double(), layout.view(mask, n), layout.view(removed_at, n)
-            at = step.long()  # 0 (scale 1) where nothing was removed: those entries are not read
-            removed = (at - 1).double() + 0.5 * values / scales[at]
-            out = torch.where(kept, self.steps + values / peak, torch.where(at > 0, removed, -1.0))
+            values, kept, step = saliency.pop(n), layout.view(mask, n), layout.view(removed_at, n)
+            out = torch.empty(values.numel(), dtype=torch.float64, device=values.device)
+            for part in _chunks(values.numel()):  # float64 transients of one chunk, not of the whole tensor
+                at = step[part].long()  # 0 (scale 1) where nothing was removed: those entries are not read
+                scaled = values[part].double()
+                removed = (at - 1).double() + 0.5 * scaled / scales[at]
+                torch.where(kept[part], self.steps + scaled / peak, torch.where(at > 0, removed, -1.0), out=out[part])
+                del at, scaled, removed
             result[n] = out.view(layout.weights[n].shape)
-            del values, at, removed, out
+            del values
         return result
 
 
@@ -380,11 +364,27 @@ class FORCECriterion(ProgressiveSensitivity):
         peak = _peak(saliency, allowed, layout)
         result = {}
         for n in layout.names:
-            scaled = saliency.pop(n).double() / peak
-            others = 0.5 * scaled if allowed is None else torch.where(layout.view(allowed, n), 0.5 * scaled, -1.0)
-            result[n] = torch.where(layout.view(mask, n), 1.0 + scaled, others).view(layout.weights[n].shape)
-            del scaled, others
+            values = saliency.pop(n)
+            kept = layout.view(mask, n)
+            eligible = layout.view(allowed, n) if allowed is not None else None
+            out = torch.empty(values.numel(), dtype=torch.float64, device=values.device)
+            for part in _chunks(values.numel()):  # float64 transients of one chunk, not of the whole tensor
+                scaled = values[part].double() / peak
+                others = 0.5 * scaled if eligible is None else torch.where(eligible[part], 0.5 * scaled, -1.0)
+                torch.where(kept[part], 1.0 + scaled, others, out=out[part])
+                del scaled, others
+            result[n] = out.view(layout.weights[n].shape)
+            del values
         return result
+
+
+# Entries per chunk of the final encoding (its float64 temporaries: 8 MiB each).
+_FINISH_CHUNK = 1 << 20
+
+
+def _chunks(numel: int) -> list[slice]:
+    """Consecutive slices of at most ``_FINISH_CHUNK`` entries covering ``range(numel)``."""
+    return [slice(start, min(start + _FINISH_CHUNK, numel)) for start in range(0, numel, _FINISH_CHUNK)]
 
 
 def _peak(values: dict[str, torch.Tensor], where: torch.Tensor | None, layout: _FlatLayout) -> float:

@@ -8,7 +8,7 @@ a k-th value search on a sampled bracket, then the position order of the ties at
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -30,6 +30,17 @@ def prime_at_least(n: int) -> int:
     while any(n % d == 0 for d in range(2, math.isqrt(n) + 1)):
         n += 1
     return n
+
+
+def masked_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``torch.masked_select(values, mask)`` (1-D, same shapes): on the CPU through numpy's boolean indexing, about
+    four times faster than ``masked_select`` single-threaded when a few per cent are selected (a band, the ties)."""
+    if values.device.type == "cpu" and values.dtype in _NUMPY_DTYPES and mask.dtype == torch.bool and not values.requires_grad:
+        return torch.from_numpy(values.numpy()[mask.numpy()])
+    return torch.masked_select(values, mask)
+
+
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.int64, torch.int32)
 
 
 def _kth_largest_full(values: torch.Tensor, count: int) -> tuple[torch.Tensor, int, int]:
@@ -69,7 +80,7 @@ def _kth_largest(values: torch.Tensor, count: int) -> tuple[torch.Tensor, int, i
         if n_above + n_band < count:
             return _kth_largest_full(values, count)
         return sample[upper].clone(), n_above, n_band
-    band = torch.masked_select(values, band_mask)
+    band = masked_values(values, band_mask)
     if n_above + band.numel() < count:
         return _kth_largest_full(values, count)
     threshold, greater, equal = _kth_largest_full(band, count - n_above)
@@ -95,7 +106,9 @@ def _position_of_nth_true(mask: torch.Tensor, nth: int) -> int:
     return low + int(inside[nth - 1])
 
 
-def top_count(values: torch.Tensor, count: int, tie_break: torch.Tensor | None = None) -> torch.Tensor:
+def top_count(
+    values: torch.Tensor, count: int, tie_break: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
     """Boolean mask of the ``count`` largest entries of the 1-D ``values``; ties go to the lowest index.
 
     Exactly what keeping the first ``count`` of a stable descending sort keeps, in linear time: every value above
@@ -104,7 +117,9 @@ def top_count(values: torch.Tensor, count: int, tie_break: torch.Tensor | None =
 
     With ``tie_break`` (a second score per entry, same shape), the values tied at the threshold are chosen by it
     (largest first, its own ties in index order) instead of by index: what a stable sort on ``(values, tie_break)``
-    keeps, still without sorting.
+    keeps, still without sorting. ``tie_break`` may also be a function from positions (int64, ascending) to the
+    second scores there: it is called only when ties at the threshold decide what is kept, with the tied positions
+    only (no second score the size of ``values`` has to exist).
 
     Example:
         ```python
@@ -125,6 +140,14 @@ def top_count(values: torch.Tensor, count: int, tie_break: torch.Tensor | None =
     needed = count - greater
     if needed == equal:
         return values >= threshold
+    if callable(tie_break):
+        tied = torch.nonzero(values == threshold).squeeze(1)
+        seconds = tie_break(tied).reshape(-1).to(values.device)
+        if seconds.shape != tied.shape:
+            raise ValueError(f"tie_break gave {tuple(seconds.shape)} values for {tied.numel()} tied positions")
+        keep = values > threshold
+        keep[tied.index_select(0, torch.nonzero(top_count(seconds, needed)).squeeze(1))] = True
+        return keep
     if tie_break is not None:
         tied = values == threshold
         return (values > threshold) | _top_count_among(tie_break.reshape(-1).to(values.device), tied, needed)
@@ -260,7 +283,7 @@ def _threshold_across(
             above &= c
             band &= c
         n_above += int(torch.count_nonzero(above))
-        bands.append(torch.masked_select(v, band))
+        bands.append(masked_values(v, band))
         del above, band
     if n_above >= count:
         return None

@@ -257,3 +257,23 @@ def test_magnitude_tie_break_without_a_flat_magnitude_copy_is_top_counts(seed):
     for count in [0, 1, 5, layout.total // 2, layout.total - 1, layout.total]:
         expected = top_count(values, count, tie_break=magnitude)
         assert torch.equal(_top_count_by_magnitude(values, count, layout), expected), count
+
+
+@pytest.mark.parametrize("name", ["iter_snip", "force"])
+def test_final_encoding_in_chunks_is_the_whole_tensor_encoding(name, monkeypatch):
+    # The float64 scores are written chunk by chunk (bounded temporaries on large tensors); chunks that split every
+    # tensor, one with pruned-before-scoring entries, must give the one-chunk scores bit for bit.
+    import autosparse_hf.criteria.force as force
+
+    w1, w2, batches = problem(5)
+    existing = {"fc1.weight": torch.rand(w1.shape, generator=torch.Generator().manual_seed(1)) > 0.3,
+                "fc2.weight": torch.ones(w2.shape, dtype=torch.bool)}  # fmt: skip
+    model = TanhMLP(w1 * existing["fc1.weight"], w2)
+    whole = A.compute_scores(model, name, dataloader=batches, sparsity=0.8, existing=existing, steps=4)
+    monkeypatch.setattr(force, "_FINISH_CHUNK", 5)
+    assert force._chunks(12) == [slice(0, 5), slice(5, 10), slice(10, 12)]
+    chunked = A.compute_scores(model, name, dataloader=batches, sparsity=0.8, existing=existing, steps=4)
+    for n in whole:
+        assert chunked[n].dtype == torch.float64 and chunked[n].shape == whole[n].shape
+        assert torch.equal(chunked[n], whole[n]), n
+    assert bool((whole["fc1.weight"][~existing["fc1.weight"]] == -1).all())

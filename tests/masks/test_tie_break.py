@@ -222,3 +222,50 @@ def test_global_selection_without_concatenating_is_the_sort_based_one(seed, monk
             zeros = {n: torch.zeros_like(s) for n, s in scores.items()}
             expected = _reference_among(scores, sparsity, breaks if breaks is not None else zeros, existing)
             assert all(torch.equal(masks[n], expected[n]) for n in scores), (seed, sparsity, breaks is None)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_tie_break_function_keeps_what_the_tie_break_tensor_keeps(seed):
+    # top_count(values, c, tie_break=f) reads the second score only at the tied positions (FORCE / Iter SNIP pass
+    # |w0| this way, with no flat copy of it); large inputs take the bracketed threshold, few distinct values force
+    # ties at it, and the function must be asked for the tied positions only.
+    from autosparse_hf.masks.topk import top_count
+
+    g = torch.Generator().manual_seed(seed)
+    n = [37, 5000, 70_000, 200_003][seed % 4]
+    values = torch.randint(0, [3, 50, 1000, 7][seed % 4], (n,), generator=g).to(torch.float32)
+    second = torch.randint(0, 4, (n,), generator=g).to(torch.float64)
+    asked: list[torch.Tensor] = []
+
+    def at(positions):
+        asked.append(positions)
+        return second[positions]
+
+    for count in [1, n // 3, n // 2 + 1, n - 1]:
+        asked.clear()
+        expected = top_count(values, count, tie_break=second)
+        assert torch.equal(top_count(values, count, tie_break=at), expected), (n, count)
+        kept = expected.nonzero().squeeze(1)
+        threshold = values[kept].min()
+        for positions in asked:
+            assert bool((values[positions] == threshold).all())
+            assert bool((positions[1:] > positions[:-1]).all())
+
+
+def test_a_tie_break_function_of_the_wrong_length_is_an_error():
+    from autosparse_hf.masks.topk import top_count
+
+    with pytest.raises(ValueError, match="tie_break gave"):
+        top_count(torch.tensor([1.0, 1.0, 1.0, 0.0]), 2, tie_break=lambda positions: torch.zeros(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64, torch.int32, torch.float16])
+def test_masked_values_is_masked_select(dtype):
+    from autosparse_hf.masks.topk import masked_values
+
+    g = torch.Generator().manual_seed(0)
+    base = (torch.randn(3000, generator=g) * 100).to(dtype)
+    for values in (base, base[::3], base[5:2005]):  # contiguous, strided, offset views
+        mask = torch.rand(values.shape, generator=g) > 0.9
+        out = masked_values(values, mask)
+        assert out.dtype == dtype and torch.equal(out, torch.masked_select(values, mask))
