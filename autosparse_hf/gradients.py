@@ -81,17 +81,26 @@ def average_gradients(
     return grads
 
 
-class _FamilyLoss(nn.Module):
-    """``family.loss(model, batch)`` as the ``forward`` of a module whose only child is the model, so that
-    ``torch.func.functional_call`` can run the family's loss with substituted tensors (``"model." + name``)."""
+class _FamilyMethod(nn.Module):
+    """One of the family's model-level methods (``loss``, ``synflow_output``) as the ``forward`` of a module whose
+    only child is the model, so that ``torch.func.functional_call`` can run it with substituted tensors
+    (``"model." + name``)."""
 
-    def __init__(self, model: nn.Module, family: ModelFamily) -> None:
+    def __init__(self, model: nn.Module, family: ModelFamily, method: str) -> None:
         super().__init__()
         self.model = model
         self.family = family
+        self.method = method
 
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self.family.loss(self.model, batch)
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return getattr(self.family, self.method)(self.model, inputs)
+
+
+def _call_with(
+    model: nn.Module, family: ModelFamily, method: str, inputs: Any, tensors: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    wrapper = _FamilyMethod(model, family, method)
+    return functional_call(wrapper, {f"model.{name}": t for name, t in tensors.items()}, (inputs,))
 
 
 def loss_with(
@@ -103,5 +112,12 @@ def loss_with(
     and back), so criteria that evaluate the model at other weights (FORCE's masked weights, ProsPr's updated ones)
     need no copy of the model to restore it from.
     """
-    wrapper = _FamilyLoss(model, family)
-    return functional_call(wrapper, {f"model.{name}": t for name, t in tensors.items()}, (batch,))
+    return _call_with(model, family, "loss", batch, tensors)
+
+
+def output_with(
+    model: nn.Module, family: ModelFamily, inputs: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """The family's data-free output (``synflow_output``) on ``inputs`` with the named parameters replaced by
+    ``tensors`` (tied aliases follow), the model's own never written: NTK-SAP's clean and perturbed passes."""
+    return _call_with(model, family, "synflow_output", inputs, tensors)

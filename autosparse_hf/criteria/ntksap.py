@@ -6,8 +6,9 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -15,12 +16,12 @@ from torch import nn
 
 from ..allocation.base import ExplicitCounts
 from ..families import PrunableParameter
-from ..gradients import take_batches
+from ..gradients import output_with, take_batches
 from ..masks import num_to_keep
 from ..masks.topk import top_count
 from ..state import batch_norm_layers, release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
-from .ntksap_sampling import FamilyCall, is_integer, micro_batches, random_inputs, resample_stds
+from .ntksap_sampling import is_integer, micro_batches, random_inputs, resample_stds
 from .progress import scoring_progress
 from .schedule import scheduled_count
 
@@ -177,22 +178,26 @@ class NTKSAPCriterion(Criterion):
             p.requires_grad_(False)
         # Which weights are still in: one boolean per weight (the survivors of each round, in position order).
         alive = {
-            n: (context.existing[n].bool().to(p.param.device) if context.existing is not None
-                else torch.ones_like(p.param, dtype=torch.bool)).reshape(-1)
+            n: (
+                context.existing[n].bool().to(p.param.device)
+                if context.existing is not None
+                else torch.ones_like(p.param, dtype=torch.bool)
+            ).reshape(-1)
             for n, p in params.items()
         }
         sigma = resample_stds(params, alive) if self.resample_weights else {}
         # The record the float64 scores are built from at the end: a removed weight's saliency then (in the dtype it
         # is computed in, float32 for float32 weights) and its round (0: never removed); 5 bytes a float32 weight
         # instead of the 8 of float64 scores held through every round.
-        removed_saliency = {n: torch.zeros(p.param.numel(), dtype=p.param.dtype, device=p.param.device)
-                            for n, p in params.items()}
+        removed_saliency = {
+            n: torch.zeros(p.param.numel(), dtype=p.param.dtype, device=p.param.device) for n, p in params.items()
+        }
         step = torch.uint8 if self.rounds < 256 else torch.int32
         removed_round = {n: torch.zeros(a.numel(), dtype=step, device=a.device) for n, a in alive.items()}
         peaks = [1.0]  # peaks[k]: the largest survivor saliency of round k
         device = next(iter(params.values())).param.device
         generator = torch.Generator(device=device).manual_seed(int(self.seed))
-        call = FamilyCall(model, family)
+        call = partial(output_with, model, family)  # call(inputs, weights): the output at those weights
         norms = batch_norm_layers(model) if self.calibrate_norm else []
         momenta = [m.momentum for m in norms]
         total = sum(p.param.numel() for p in params.values())
@@ -242,7 +247,11 @@ class NTKSAPCriterion(Criterion):
             model.eval()
         logger.info(
             "ntksap: %d rounds x %d samples x %d random examples over %d weights in %.1f s",
-            self.rounds, self.num_samples, self.batch_size, total, time.perf_counter() - started,
+            self.rounds,
+            self.num_samples,
+            self.batch_size,
+            total,
+            time.perf_counter() - started,
         )
         return result
 
@@ -263,7 +272,7 @@ class NTKSAPCriterion(Criterion):
 
     def _saliency(
         self,
-        call: FamilyCall,
+        call: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
         params: dict[str, PrunableParameter],
         alive: dict[str, torch.Tensor],
         sigma: dict[str, float],
@@ -301,8 +310,11 @@ class NTKSAPCriterion(Criterion):
             inputs = random_inputs(template, self.batch_size, generator)
             if self.resample_weights:
                 theta = {
-                    n: (torch.randn(p.param.shape, generator=generator, device=device, dtype=p.param.dtype)
-                        .mul_(sigma[n]).to(p.param.device))
+                    n: (
+                        torch.randn(p.param.shape, generator=generator, device=device, dtype=p.param.dtype)
+                        .mul_(sigma[n])
+                        .to(p.param.device)
+                    )
                     for n, p in params.items()
                 }
             else:
@@ -310,8 +322,11 @@ class NTKSAPCriterion(Criterion):
             # B = (theta + dtheta) * m, in the storage of dtheta (drawn after every theta, as before).
             clean, perturbed = {}, {}
             for n, p in params.items():
-                delta = (torch.randn(p.param.shape, generator=generator, device=device, dtype=p.param.dtype)
-                         .mul_(self.epsilon).to(p.param.device))
+                delta = (
+                    torch.randn(p.param.shape, generator=generator, device=device, dtype=p.param.dtype)
+                    .mul_(self.epsilon)
+                    .to(p.param.device)
+                )
                 mask = alive[n].view(p.param.shape)
                 perturbed[n] = delta.add_(theta[n]).mul_(mask).requires_grad_(True)
             for n in params:
@@ -324,11 +339,12 @@ class NTKSAPCriterion(Criterion):
             leaves = [*clean.values(), *perturbed.values()]
             handles = [
                 leaf.register_post_accumulate_grad_hook(lambda leaf, name=n: fold(name, leaf))
-                for weights in (clean, perturbed) for n, leaf in weights.items()
+                for weights in (clean, perturbed)
+                for n, leaf in weights.items()
             ]
             try:
                 for chunk in micro_batches(inputs, self.batch_size, self.micro_batch_size or self.batch_size):
-                    difference = call.run(clean, chunk) - call.run(perturbed, chunk)
+                    difference = call(chunk, clean) - call(chunk, perturbed)
                     objective = difference.pow(2).sum()
                     del difference
                     if not math.isfinite(float(objective.detach())):
@@ -354,14 +370,17 @@ class NTKSAPCriterion(Criterion):
 
     @staticmethod
     def _calibrate(
-        call: FamilyCall, norms: list[nn.Module], weights: dict[str, torch.Tensor], inputs: dict[str, Any]
+        call: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
+        norms: list[nn.Module],
+        weights: dict[str, torch.Tensor],
+        inputs: dict[str, Any],
     ) -> None:
         """Set the batch-norm running statistics to those of ``inputs`` through the masked network (momentum 1)."""
         for m in norms:
             m.train()
         try:
             with torch.no_grad():
-                call.run(weights, inputs)
+                call(inputs, weights)
         except ValueError as error:
             raise ValueError(
                 f"ntksap: calibrating batch norm on the random batch failed ({error}); use a larger batch_size or "

@@ -1,6 +1,6 @@
 """What NTK-SAP draws and runs (Wang, Li & Sun, ICLR 2023, arXiv 2304.02840): standard normal inputs shaped like
 an example, weights re-drawn at each tensor's own scale, micro-batches, and the family's forward pass with the
-weights substituted by ``torch.func.functional_call``."""
+weights substituted (:func:`autosparse_hf.gradients.output_with`)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
-from torch.func import functional_call
 
-from ..families import ModelFamily, PrunableParameter
-
-
-class FamilyCall(nn.Module):
-    """The family's forward pass (``synflow_output``) as a module, so ``functional_call`` can substitute weights."""
-
-    def __init__(self, model: nn.Module, family: ModelFamily) -> None:
-        super().__init__()
-        self.model = model
-        self.family = family
-
-    def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
-        return self.family.synflow_output(self.model, inputs)
-
-    def run(self, weights: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
-        """The output with the prunable weights replaced by ``weights`` (tied aliases follow)."""
-        return functional_call(self, {f"model.{n}": w for n, w in weights.items()}, (inputs,), strict=False)
+from ..families import PrunableParameter
 
 
 def is_integer(value: Any) -> bool:
@@ -53,9 +35,9 @@ def random_inputs(template: Mapping[str, Any], batch_size: int, generator: torch
     for key, value in template.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point():
             shape = (batch_size, *value.shape[1:])
-            inputs[key] = torch.randn(
-                shape, generator=generator, device=generator.device, dtype=value.dtype
-            ).to(value.device)
+            inputs[key] = torch.randn(shape, generator=generator, device=generator.device, dtype=value.dtype).to(
+                value.device
+            )
         elif isinstance(value, torch.Tensor) and value.dim() > 0:
             inputs[key] = value[:1].expand(batch_size, *value.shape[1:])
         else:
@@ -65,7 +47,14 @@ def random_inputs(template: Mapping[str, Any], batch_size: int, generator: torch
 
 def micro_batches(inputs: dict[str, Any], batch_size: int, size: int) -> list[dict[str, Any]]:
     """``inputs`` split along the batch dimension into pieces of at most ``size`` examples (one piece if it fits)."""
-    return [
-        {k: v[start : start + size] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in inputs.items()}
-        for start in range(0, batch_size, size)
-    ] if size < batch_size else [inputs]
+    return (
+        [
+            {
+                k: v[start : start + size] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+                for k, v in inputs.items()
+            }
+            for start in range(0, batch_size, size)
+        ]
+        if size < batch_size
+        else [inputs]
+    )
