@@ -16,6 +16,7 @@ from ..masks import num_to_keep
 from ..masks.topk import top_count
 from ..state import release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
+from .buffers import flat_empty_like
 from .progress import scoring_progress
 from .schedule import scheduled_count
 
@@ -263,8 +264,6 @@ class _FlatLayout:
         self.total = offset
         first = next(iter(self.weights.values()), None)
         self.device = first.device if first is not None else torch.device("cpu")
-        dtypes = {w.dtype for w in self.weights.values()}
-        self.dtype = dtypes.pop() if len(dtypes) == 1 else None  # one flat buffer of masked weights when uniform
 
     def view(self, flat: torch.Tensor, name: str) -> torch.Tensor:
         """``name``'s piece of the flat vector ``flat`` (1-D)."""
@@ -274,12 +273,10 @@ class _FlatLayout:
     def masked(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """``w0 * mask`` per tensor, as leaves that take gradients; one flat allocation when the dtypes agree, so the
         buffer goes back to the system when the step drops it."""
-        buffer = torch.empty(self.total, dtype=self.dtype, device=self.device) if self.dtype is not None else None
-        out = {}
+        out = flat_empty_like(self.weights)
         for n, w0 in self.weights.items():
-            target = self.view(buffer, n).view(w0.shape) if buffer is not None else torch.empty_like(w0)
-            torch.mul(w0, self.view(mask, n).view(w0.shape), out=target)
-            out[n] = target.requires_grad_(True)
+            torch.mul(w0, self.view(mask, n).view(w0.shape), out=out[n])
+            out[n].requires_grad_(True)
         return out
 
     def magnitude_at(self, index: torch.Tensor) -> torch.Tensor:

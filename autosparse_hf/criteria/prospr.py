@@ -18,6 +18,7 @@ from ..families import ModelFamily
 from ..gradients import loss_with, take_batches
 from ..state import batch_norm_layers, release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
+from .buffers import flat_empty_like
 from .grasp import twice_differentiable_activations
 from .progress import scoring_progress
 
@@ -223,7 +224,7 @@ class _Trajectory:
             del leaves
             with torch.no_grad():
                 if storage is None:
-                    storage = _flat_empty_like(weights)
+                    storage = flat_empty_like(weights)
                 for i, (n, w) in enumerate(list(weights.items())):
                     g, grads[i] = grads[i], None
                     if g is not None:  # w - lr * g
@@ -247,7 +248,7 @@ class _Trajectory:
         wanted = set(names)
         leaves = {n: w.detach().requires_grad_(n in wanted) for n, w in weights.items()}
         # The second-order adjoint lives in one flat buffer, like the weights (the first-order scores do not).
-        flat = _flat_empty_like({n: leaves[n] for n in names}) if scale is None else None
+        flat = flat_empty_like({n: leaves[n] for n in names}) if scale is None else None
         total: dict[str, torch.Tensor] = {}
         for batch in batches:
             grads = torch.autograd.grad(
@@ -295,25 +296,6 @@ class _Trajectory:
             leaves[n].grad = None
         self.bar.update(1)
         return out
-
-
-def _flat_empty_like(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Uninitialized tensors shaped like ``tensors``, as views of one flat buffer when they share dtype and device.
-
-    Parameter-sized vectors that live across passes (the trajectory's weights, the adjoint) are then one large
-    allocation, which the allocator maps and hands back whole, instead of dozens of mid-sized blocks scattered
-    between the activations that each pass frees (a fragmented heap the process cannot shrink: peak memory).
-    """
-    kinds = {(t.dtype, t.device) for t in tensors.values()}
-    if len(kinds) != 1:
-        return {n: torch.empty_like(t) for n, t in tensors.items()}
-    dtype, device = kinds.pop()
-    buffer = torch.empty(sum(t.numel() for t in tensors.values()), dtype=dtype, device=device)
-    out, offset = {}, 0
-    for n, t in tensors.items():
-        out[n] = buffer[offset : offset + t.numel()].view(t.shape)
-        offset += t.numel()
-    return out
 
 
 @contextmanager
