@@ -52,39 +52,14 @@ def _kth_largest_full(values: torch.Tensor, count: int) -> tuple[torch.Tensor, i
 
 
 def _kth_largest(values: torch.Tensor, count: int) -> tuple[torch.Tensor, int, int]:
-    """Like :func:`_kth_largest_full`, in a few comparison passes instead of a k-th value search over everything.
-
-    A strided sample brackets the ``count``-th largest value between two sample values ``lo <= hi``; one pass counts
-    the values above ``hi`` and collects those inside ``[lo, hi]`` (a few per cent of them), and the k-th value
-    search runs on those only. The answer is exact whatever the sample: when the bracket misses (adversarial order),
-    the full search runs instead, which costs one more pass than running it directly.
-    """
+    """Like :func:`_kth_largest_full`, in a few comparison passes instead of a k-th value search over everything
+    (:func:`_bracketed_threshold`; the full search when the bracket misses, which costs one more pass than running
+    it directly)."""
     n = values.numel()
     if n < _BRACKET_MIN_SIZE:
         return _kth_largest_full(values, count)
-    # A prime stride: a stride that divides a row length would sample a few columns only (GPT-2's 2304-wide rows).
-    sample = torch.sort(values[:: prime_at_least(max(n // _BRACKET_SAMPLE, 1))], descending=True).values
-    s = sample.numel()
-    position = count / n * s
-    margin = _BRACKET_SIGMAS * math.sqrt(position * (1.0 - position / s)) + 4.0
-    upper, lower = int(position - margin), int(math.ceil(position + margin))
-    above_hi = values > sample[upper] if upper >= 0 else torch.zeros_like(values, dtype=torch.bool)
-    n_above = int(torch.count_nonzero(above_hi))
-    if n_above >= count:
-        return _kth_largest_full(values, count)
-    band_mask = values >= sample[lower] if lower < s else torch.ones_like(values, dtype=torch.bool)
-    band_mask ^= above_hi  # above_hi is a subset of band_mask: what is left lies in [lo, hi]
-    if lower < s and upper >= 0 and bool(sample[lower] == sample[upper]):
-        # The bracket is one value (the threshold sits inside a run of ties, e.g. exact zeros): no search needed.
-        n_band = int(torch.count_nonzero(band_mask))
-        if n_above + n_band < count:
-            return _kth_largest_full(values, count)
-        return sample[upper].clone(), n_above, n_band
-    band = masked_values(values, band_mask)
-    if n_above + band.numel() < count:
-        return _kth_largest_full(values, count)
-    threshold, greater, equal = _kth_largest_full(band, count - n_above)
-    return threshold, n_above + greater, equal
+    found = _bracketed_threshold([values], [None], count, n)
+    return found if found is not None else _kth_largest_full(values, count)
 
 
 def _position_of_nth_true(mask: torch.Tensor, nth: int) -> int:
@@ -195,7 +170,7 @@ def top_count_across(
     without concatenating them.
 
     The same answer as ``_top_count_among(torch.cat(values), torch.cat(candidates), count, torch.cat(tie_break))``
-    (ties: ``tie_break`` when given, then position in the concatenation), found as :func:`_kth_largest` finds a
+    (ties: ``tie_break`` when given, then position in the concatenation), found as :func:`_bracketed_threshold` finds a
     threshold: a strided sample of all tensors brackets the ``count``-th largest candidate, one pass per tensor counts
     the candidates above the bracket and gathers those inside it, and the exact threshold is searched among those.
     Transients are one tensor's booleans and the gathered band (a few per cent), not model-sized concatenations:
@@ -210,7 +185,7 @@ def top_count_across(
         return [torch.zeros(n, dtype=torch.bool, device=device) for n in sizes]
     found = None
     if total >= _BRACKET_MIN_SIZE and len(values) > 1 and values[0].is_floating_point() and count < n_candidates:
-        found = _threshold_across(values, candidates, count, n_candidates)
+        found = _bracketed_threshold(values, candidates, count, n_candidates)
     if found is None:
         return _top_count_concatenated(values, candidates, count, tie_break)
     threshold, greater, equal = found
@@ -249,11 +224,19 @@ def top_count_across(
     return keeps
 
 
-def _threshold_across(
+def _bracketed_threshold(
     values: Sequence[torch.Tensor], candidates: Sequence[torch.Tensor | None], count: int, n_candidates: int
 ) -> tuple[torch.Tensor, int, int] | None:
-    """``(t, #candidates > t, #candidates == t)`` for ``t`` the ``count``-th largest candidate, or ``None`` when the
-    sampled bracket misses (then the caller concatenates)."""
+    """``(t, #candidates > t, #candidates == t)`` for ``t`` the ``count``-th largest candidate of the concatenation
+    of ``values`` (``candidates``: where each tensor's candidates are, ``None`` for all of it), without sorting or
+    concatenating them; ``None`` when the sampled bracket misses (an adversarial order: the caller searches another way).
+
+    A strided sample of the candidates (a prime stride over the concatenation: a stride that divides a row length would
+    sample a few columns only, as GPT-2's 2304-wide rows did) brackets ``t`` between two sample values ``lo <= hi``;
+    one pass per tensor counts the candidates above ``hi`` and gathers those inside ``[lo, hi]`` (a few per cent), and
+    the k-th value search runs on those only. When the bracket is one value (``t`` inside a run of ties, e.g. exact
+    zeros) the band is counted, not gathered.
+    """
     total = sum(v.numel() for v in values)
     stride = prime_at_least(max(total // _BRACKET_SAMPLE, 1))
     samples, offset = [], 0
@@ -262,7 +245,7 @@ def _threshold_across(
         picked = v[start::stride]
         samples.append(picked[c[start::stride]] if c is not None else picked)
         offset += v.numel()
-    sample = torch.sort(torch.cat(samples), descending=True).values
+    sample = torch.sort(torch.cat(samples) if len(samples) > 1 else samples[0], descending=True).values
     s = sample.numel()
     if s == 0:
         return None
@@ -273,7 +256,8 @@ def _threshold_across(
         return None
     high = sample[upper] if upper >= 0 else None
     low = sample[lower]
-    n_above = 0
+    one_value = high is not None and bool(low == high)
+    n_above = n_band = 0
     bands = []
     for v, c in zip(values, candidates, strict=True):
         above = v > high if high is not None else torch.zeros_like(v, dtype=torch.bool)
@@ -283,11 +267,16 @@ def _threshold_across(
             above &= c
             band &= c
         n_above += int(torch.count_nonzero(above))
-        bands.append(masked_values(v, band))
+        if one_value:
+            n_band += int(torch.count_nonzero(band))
+        else:
+            bands.append(masked_values(v, band))
         del above, band
     if n_above >= count:
         return None
-    band_values = torch.cat(bands)
+    if one_value:
+        return (low.clone(), n_above, n_band) if n_above + n_band >= count else None
+    band_values = torch.cat(bands) if len(bands) > 1 else bands[0]
     if n_above + band_values.numel() < count:
         return None
     threshold, greater, equal = _kth_largest_full(band_values, count - n_above)
