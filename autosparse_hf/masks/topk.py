@@ -233,9 +233,10 @@ def _bracketed_threshold(
 
     A strided sample of the candidates (a prime stride over the concatenation: a stride that divides a row length would
     sample a few columns only, as GPT-2's 2304-wide rows did) brackets ``t`` between two sample values ``lo <= hi``;
-    one pass per tensor counts the candidates above ``hi`` and gathers those inside ``[lo, hi]`` (a few per cent), and
-    the k-th value search runs on those only. When the bracket is one value (``t`` inside a run of ties, e.g. exact
-    zeros) the band is counted, not gathered.
+    one pass per tensor counts the candidates above ``hi`` and gathers those in ``(lo, hi]`` (a few per cent), and the
+    k-th value search runs on those only. The candidates equal to ``lo`` are counted, not gathered, and only when the
+    threshold is ``lo`` itself: a bracket that ends on a value held by most entries (the ``-1`` of Iter SNIP's pruned
+    weights, exact zeros, a run of ties) costs a count, not a copy of those entries.
     """
     total = sum(v.numel() for v in values)
     stride = prime_at_least(max(total // _BRACKET_SAMPLE, 1))
@@ -256,31 +257,35 @@ def _bracketed_threshold(
         return None
     high = sample[upper] if upper >= 0 else None
     low = sample[lower]
-    one_value = high is not None and bool(low == high)
-    n_above = n_band = 0
+    n_above = 0
     bands = []
     for v, c in zip(values, candidates, strict=True):
         above = v > high if high is not None else torch.zeros_like(v, dtype=torch.bool)
-        band = v >= low
-        band ^= above  # above is a subset of band: what is left lies in [low, high]
+        band = v > low
+        band ^= above  # above is a subset of band: what is left lies in (low, high]
         if c is not None:
             above &= c
             band &= c
         n_above += int(torch.count_nonzero(above))
-        if one_value:
-            n_band += int(torch.count_nonzero(band))
-        else:
-            bands.append(masked_values(v, band))
+        bands.append(masked_values(v, band))
         del above, band
     if n_above >= count:
         return None
-    if one_value:
-        return (low.clone(), n_above, n_band) if n_above + n_band >= count else None
     band_values = torch.cat(bands) if len(bands) > 1 else bands[0]
-    if n_above + band_values.numel() < count:
-        return None
-    threshold, greater, equal = _kth_largest_full(band_values, count - n_above)
-    return threshold, n_above + greater, equal
+    n_band = band_values.numel()
+    if n_above + n_band >= count:
+        threshold, greater, equal = _kth_largest_full(band_values, count - n_above)
+        return threshold, n_above + greater, equal
+    del bands, band_values
+    # The count-th largest is low itself, unless the bracket missed below it.
+    n_low = 0
+    for v, c in zip(values, candidates, strict=True):
+        tied = v == low
+        if c is not None:
+            tied &= c
+        n_low += int(torch.count_nonzero(tied))
+        del tied
+    return (low.clone(), n_above + n_band, n_low) if n_above + n_band + n_low >= count else None
 
 
 def _top_count_concatenated(

@@ -505,3 +505,32 @@ def test_synflow_puts_every_parameter_back_bit_for_bit():
     compute_scores(model, SynFlowCriterion(rounds=3, progress=False), include=names, sparsity=0.5)
     after = bits(model.state_dict())
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("above_mass", [0.02, 0.06, 0.15])
+@pytest.mark.parametrize("across", [False, True])
+def test_a_bracket_ending_on_a_mass_of_equal_values_gathers_none_of_them(above_mass, across, monkeypatch):
+    # Iter SNIP selects with its pruned weights at -1 (most entries late in the schedule) and a count just below the
+    # eligible ones: the sampled bracket reaches down to -1. The entries equal to the bracket's low end are counted,
+    # not gathered (GPT-2 small: ~0.3 GB gathered and a k-th value search over them, per step), and the answer is
+    # still exactly the stable sort's.
+    import autosparse_hf.masks.topk as topk
+
+    gathered: list[int] = []
+    real = topk.masked_values
+    monkeypatch.setattr(topk, "masked_values", lambda v, m: gathered.append(int(m.sum())) or real(v, m))
+    g = torch.Generator().manual_seed(int(above_mass * 100) + across)
+    n = 400_000
+    values = torch.full((n,), -1.0)
+    eligible = torch.randperm(n, generator=g)[: int(n * above_mass)]
+    values[eligible] = torch.rand(eligible.numel(), generator=g)
+    for count in (eligible.numel() - 3, eligible.numel(), eligible.numel() + 5):
+        gathered.clear()
+        expected = torch.zeros(n, dtype=torch.bool)
+        expected[torch.sort(values, descending=True, stable=True).indices[:count]] = True
+        if across:
+            kept = torch.cat(topk.top_count_across([values[: n // 3], values[n // 3 :]], [None, None], count))
+        else:
+            kept = top_count(values, count)
+        assert torch.equal(kept, expected), count
+        assert sum(gathered) <= eligible.numel(), (count, gathered)
