@@ -277,3 +277,54 @@ def test_final_encoding_in_chunks_is_the_whole_tensor_encoding(name, monkeypatch
         assert chunked[n].dtype == torch.float64 and chunked[n].shape == whole[n].shape
         assert torch.equal(chunked[n], whole[n]), n
     assert bool((whole["fc1.weight"][~existing["fc1.weight"]] == -1).all())
+
+
+class TwoHeads(nn.Module):
+    """A shared layer and two heads; a batch with ``head == 1`` never reaches ``head_b`` (an unused gradient)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.trunk = nn.Linear(5, 7, bias=False)
+        self.head_a = nn.Linear(7, 3, bias=False)
+        self.head_b = nn.Linear(7, 3, bias=False)
+        with torch.no_grad():
+            for layer in (self.trunk, self.head_a, self.head_b):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g))
+
+    def forward(self, pixel_values, labels=None, head=None):
+        hidden = torch.tanh(self.trunk(pixel_values))
+        logits = self.head_a(hidden) if int(head[0]) == 1 else self.head_a(hidden) + self.head_b(hidden)
+        return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+@pytest.mark.parametrize("name", ["iter_snip", "force"])
+@pytest.mark.parametrize("last_reaches_head_b", [True, False])
+def test_saliency_sums_the_batches_also_for_a_tensor_the_last_batch_does_not_reach(name, last_reaches_head_b):
+    # Saliencies are written from each gradient as backward completes it (in a hook, on the last batch); a tensor
+    # the last batch does not reach must still get the sum of the earlier batches' gradients, not zeros.
+    model = TwoHeads(0)
+    g = torch.Generator().manual_seed(1)
+    heads = [0, 1] if not last_reaches_head_b else [1, 0]
+    batches = [
+        {"pixel_values": torch.randn(6, 5, generator=g), "labels": torch.randint(0, 3, (6,), generator=g),
+         "head": torch.full((6,), h)}
+        for h in heads
+    ]  # fmt: skip
+    scores = A.compute_scores(model, name, dataloader=batches, num_batches=2, sparsity=0.5, steps=1)
+    # Reference: |w0 * (sum of the batches' gradients of loss / 2)|, by autograd on the model itself.
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for batch in batches:
+        loss = model(**batch)["loss"] / 2
+        for (n, p), grad in zip(model.named_parameters(), torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)):
+            if grad is not None:
+                total[n] += grad
+    saliency = {n.removesuffix(".weight"): (p.detach() * total[n]).abs().double() for n, p in model.named_parameters()}
+    peak = max(float(s.max()) for s in saliency.values())
+    masks = final_mask(scores, 0.5)
+    for n, s in scores.items():
+        layer = n.removesuffix(".weight")
+        # One step: a survivor scores 1 + s / peak (both criteria), the others s / peak scaled by 0.5.
+        decoded = torch.where(masks[n], s - 1.0, s / 0.5) if name == "force" else torch.where(masks[n], s - 1.0, 2.0 * s)
+        torch.testing.assert_close(decoded, saliency[layer] / peak, rtol=1e-5, atol=1e-7)
+    assert float(saliency["head_b"].max()) > 0  # head_b's gradient comes from one batch only
