@@ -490,3 +490,19 @@ def test_saliency_from_the_two_weight_sets_is_the_mask_gradient_bit_for_bit():
         alive = existing[n]
         assert torch.equal(scores[n][alive], 1 + s[alive].double() / peak), n  # survivors: rounds + s / max(s)
         assert bool((scores[n][~alive] == -1).all()), n
+
+
+def test_survivor_peak_reads_whole_tensors_and_rejects_only_a_non_finite_survivor():
+    from autosparse_hf.criteria.ntksap import survivor_peak
+
+    alive = {"a": torch.tensor([True, False, True]), "b": torch.tensor([False, False])}
+    saliency = {"a": torch.tensor([0.5, 0.0, 2.0]), "b": torch.tensor([0.0, 0.0])}
+    assert survivor_peak(saliency, alive, 1) == 2.0
+    # Non-finite at a pruned weight only: zeroed, the peak is the survivors'.
+    saliency = {"a": torch.tensor([0.5, float("nan"), 2.0]), "b": torch.tensor([float("inf"), 0.0])}
+    assert survivor_peak(saliency, alive, 1) == 2.0
+    assert saliency["a"][1] == 0.0 and saliency["b"][0] == 0.0
+    # Non-finite at a survivor: an error naming the tensor and the round.
+    with pytest.raises(ValueError, match=r"round 3 for 'a'"):
+        survivor_peak({"a": torch.tensor([float("inf"), 0.0, 1.0]), "b": torch.zeros(2)}, alive, 3)
+    assert survivor_peak({"a": torch.zeros(3), "b": torch.zeros(2)}, alive, 1) == 0.0
