@@ -1,8 +1,10 @@
-"""Parameter-sized working tensors as views of one allocation (FORCE's masked weights, ProsPr's trajectory)."""
+"""Parameter-sized working tensors: views of one allocation (FORCE's masked weights, ProsPr's trajectory), the
+prunable tensors laid out as pieces of flat vectors, and the chunks a float64 encoding is written in."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -24,3 +26,57 @@ def flat_empty_like(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
         out[n] = buffer[offset : offset + t.numel()].view(t.shape)
         offset += t.numel()
     return out
+
+
+@dataclass
+class FlatLayout:
+    """The prunable tensors as consecutive pieces of flat vectors (one global selection reads them in place)."""
+
+    weights: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        self.names = list(self.weights)
+        self.numel = {n: w.numel() for n, w in self.weights.items()}
+        self.offsets: dict[str, int] = {}
+        offset = 0
+        for n in self.names:
+            self.offsets[n] = offset
+            offset += self.numel[n]
+        self.total = offset
+        first = next(iter(self.weights.values()), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+
+    def view(self, flat: torch.Tensor, name: str) -> torch.Tensor:
+        """``name``'s piece of the flat vector ``flat`` (1-D)."""
+        offset = self.offsets[name]
+        return flat[offset : offset + self.numel[name]]
+
+    def masked(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``w0 * mask`` per tensor, as leaves that take gradients; one flat allocation when the dtypes agree, so the
+        buffer goes back to the system when the step drops it."""
+        out = flat_empty_like(self.weights)
+        for n, w0 in self.weights.items():
+            torch.mul(w0, self.view(mask, n).view(w0.shape), out=out[n])
+            out[n].requires_grad_(True)
+        return out
+
+    def magnitude_at(self, index: torch.Tensor) -> torch.Tensor:
+        """``|w0|`` (float32) at the flat positions ``index`` (ascending)."""
+        out = torch.empty(index.numel(), dtype=torch.float32, device=index.device)
+        starts = torch.tensor([self.offsets[n] for n in self.names], device=index.device)
+        which = torch.searchsorted(starts, index, right=True) - 1
+        for i, n in enumerate(self.names):
+            chosen = torch.nonzero(which == i).squeeze(1)
+            if chosen.numel():
+                local = index.index_select(0, chosen) - self.offsets[n]
+                out[chosen] = self.weights[n].reshape(-1).index_select(0, local.to(self.device)).abs().float()
+        return out
+
+
+# Entries per chunk of an encoding written piecewise (its float64 temporaries: 8 MiB each).
+FINISH_CHUNK = 1 << 20
+
+
+def chunks(numel: int) -> list[slice]:
+    """Consecutive slices of at most ``FINISH_CHUNK`` entries covering ``range(numel)``."""
+    return [slice(start, min(start + FINISH_CHUNK, numel)) for start in range(0, numel, FINISH_CHUNK)]

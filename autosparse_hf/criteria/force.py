@@ -17,7 +17,7 @@ from ..masks import num_to_keep
 from ..masks.topk import top_count
 from ..state import release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
-from .buffers import flat_empty_like
+from .buffers import FlatLayout, chunks
 from .progress import scoring_progress
 from .schedule import scheduled_count
 
@@ -103,7 +103,7 @@ class ProgressiveSensitivity(Criterion):
             if missing:
                 raise ValueError(f"{self.name}: budgets lack prunable tensors {missing}")
         # w0: the model's own tensors, read only (the loss sees the masked weights through functional_call).
-        layout = _FlatLayout({n: p.param.detach() for n, p in params.items()})
+        layout = FlatLayout({n: p.param.detach() for n, p in params.items()})
         device = layout.device
         allowed = (
             torch.cat([context.existing[n].bool().to(device).reshape(-1) for n in layout.names])
@@ -156,7 +156,7 @@ class ProgressiveSensitivity(Criterion):
     def _saliency(
         self,
         context: ScoringContext,
-        layout: _FlatLayout,
+        layout: FlatLayout,
         mask: torch.Tensor,
         eligible: torch.Tensor | None,
         batches: list[Any],
@@ -218,7 +218,7 @@ class ProgressiveSensitivity(Criterion):
         self,
         values: torch.Tensor,
         eligible: torch.Tensor | None,
-        layout: _FlatLayout,
+        layout: FlatLayout,
         budgets: Any,
         k: int,
         target: float,
@@ -251,7 +251,7 @@ class ProgressiveSensitivity(Criterion):
 
     def _finish(
         self,
-        layout: _FlatLayout,
+        layout: FlatLayout,
         saliency: dict[str, torch.Tensor],
         mask: torch.Tensor,
         allowed: torch.Tensor | None,
@@ -263,57 +263,12 @@ class ProgressiveSensitivity(Criterion):
         raise NotImplementedError
 
 
-@dataclass
-class _FlatLayout:
-    """The prunable tensors as consecutive pieces of flat vectors (one global selection reads them in place)."""
-
-    weights: dict[str, torch.Tensor]
-
-    def __post_init__(self) -> None:
-        self.names = list(self.weights)
-        self.numel = {n: w.numel() for n, w in self.weights.items()}
-        self.offsets: dict[str, int] = {}
-        offset = 0
-        for n in self.names:
-            self.offsets[n] = offset
-            offset += self.numel[n]
-        self.total = offset
-        first = next(iter(self.weights.values()), None)
-        self.device = first.device if first is not None else torch.device("cpu")
-
-    def view(self, flat: torch.Tensor, name: str) -> torch.Tensor:
-        """``name``'s piece of the flat vector ``flat`` (1-D)."""
-        offset = self.offsets[name]
-        return flat[offset : offset + self.numel[name]]
-
-    def masked(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``w0 * mask`` per tensor, as leaves that take gradients; one flat allocation when the dtypes agree, so the
-        buffer goes back to the system when the step drops it."""
-        out = flat_empty_like(self.weights)
-        for n, w0 in self.weights.items():
-            torch.mul(w0, self.view(mask, n).view(w0.shape), out=out[n])
-            out[n].requires_grad_(True)
-        return out
-
-    def magnitude_at(self, index: torch.Tensor) -> torch.Tensor:
-        """``|w0|`` (float32) at the flat positions ``index`` (ascending)."""
-        out = torch.empty(index.numel(), dtype=torch.float32, device=index.device)
-        starts = torch.tensor([self.offsets[n] for n in self.names], device=index.device)
-        which = torch.searchsorted(starts, index, right=True) - 1
-        for i, n in enumerate(self.names):
-            chosen = torch.nonzero(which == i).squeeze(1)
-            if chosen.numel():
-                local = index.index_select(0, chosen) - self.offsets[n]
-                out[chosen] = self.weights[n].reshape(-1).index_select(0, local.to(self.device)).abs().float()
-        return out
-
-
 def _step_dtype(steps: int) -> torch.dtype:
     """The smallest integer type that holds step numbers up to ``steps``."""
     return torch.uint8 if steps < 256 else torch.int16 if steps < 2**15 else torch.int32
 
 
-def _top_count_by_magnitude(values: torch.Tensor, count: int, layout: _FlatLayout) -> torch.Tensor:
+def _top_count_by_magnitude(values: torch.Tensor, count: int, layout: FlatLayout) -> torch.Tensor:
     """``top_count(values, count, tie_break=|w0|)`` without a flat copy of ``|w0|``: the magnitudes are read only at
     the entries tied at the threshold, and only when those ties decide which weights are kept."""
     return top_count(values, count, tie_break=layout.magnitude_at)
@@ -344,7 +299,7 @@ class IterSNIPCriterion(ProgressiveSensitivity):
         for n in layout.names:
             values, kept, step = saliency.pop(n), layout.view(mask, n), layout.view(removed_at, n)
             out = torch.empty(values.numel(), dtype=torch.float64, device=values.device)
-            for part in _chunks(values.numel()):  # float64 transients of one chunk, not of the whole tensor
+            for part in chunks(values.numel()):  # float64 transients of one chunk, not of the whole tensor
                 at = step[part].long()  # 0 (scale 1) where nothing was removed: those entries are not read
                 scaled = values[part].double()
                 removed = (at - 1).double() + 0.5 * scaled / scales[at]
@@ -381,7 +336,7 @@ class FORCECriterion(ProgressiveSensitivity):
             kept = layout.view(mask, n)
             eligible = layout.view(allowed, n) if allowed is not None else None
             out = torch.empty(values.numel(), dtype=torch.float64, device=values.device)
-            for part in _chunks(values.numel()):  # float64 transients of one chunk, not of the whole tensor
+            for part in chunks(values.numel()):  # float64 transients of one chunk, not of the whole tensor
                 scaled = values[part].double() / peak
                 others = 0.5 * scaled if eligible is None else torch.where(eligible[part], 0.5 * scaled, -1.0)
                 torch.where(kept[part], 1.0 + scaled, others, out=out[part])
@@ -391,16 +346,7 @@ class FORCECriterion(ProgressiveSensitivity):
         return result
 
 
-# Entries per chunk of the final encoding (its float64 temporaries: 8 MiB each).
-_FINISH_CHUNK = 1 << 20
-
-
-def _chunks(numel: int) -> list[slice]:
-    """Consecutive slices of at most ``_FINISH_CHUNK`` entries covering ``range(numel)``."""
-    return [slice(start, min(start + _FINISH_CHUNK, numel)) for start in range(0, numel, _FINISH_CHUNK)]
-
-
-def _peak(values: dict[str, torch.Tensor], where: torch.Tensor | None, layout: _FlatLayout) -> float:
+def _peak(values: dict[str, torch.Tensor], where: torch.Tensor | None, layout: FlatLayout) -> float:
     """The largest of ``values`` (per tensor, 1-D) at ``where`` (flat; ``None``: everywhere), 1 when there is none or
     it is 0: the scale of the encoding."""
     peak = 0.0

@@ -21,7 +21,8 @@ from ..masks import num_to_keep
 from ..masks.topk import top_count_across
 from ..state import batch_norm_layers, release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
-from .ntksap_sampling import is_integer, micro_batches, random_inputs, resample_stds
+from .ntksap_record import encode_scores, survivor_peak
+from .ntksap_sampling import calibrate_norm, is_integer, micro_batches, random_inputs, resample_stds
 from .progress import scoring_progress
 from .schedule import scheduled_count
 
@@ -228,17 +229,7 @@ class NTKSAPCriterion(Criterion):
                         saliency[n] = values  # the survivors' last saliencies
                     del removed
                 bar.update(1)
-            # A weight removed in round r scores (r - 1) + 0.5 s_r / peak_r, a survivor rounds + s / peak (its last
-            # saliency), one pruned before scoring -1: float64 arithmetic on the float32 saliencies, in that order.
-            scales = torch.tensor(peaks, dtype=torch.float64, device=device)
-            result = {}
-            for n in params:
-                r = removed_round.pop(n).long()
-                removed = (r - 1).double() + 0.5 * removed_saliency.pop(n).double() / scales[r]
-                survived = self.rounds + saliency.pop(n).double() / peaks[-1]
-                scores = torch.where(alive[n], survived, torch.where(r > 0, removed, -1.0))
-                result[n] = scores.view(params[n].param.shape)
-                del r, removed, survived
+            result = encode_scores(params, removed_saliency, removed_round, saliency, alive, peaks, self.rounds)
         finally:
             bar.close()
             for m, momentum in zip(norms, momenta, strict=True):
@@ -334,7 +325,7 @@ class NTKSAPCriterion(Criterion):
                 clean[n] = (a.mul_(mask) if self.resample_weights else a * mask).requires_grad_(True)
             del theta
             if norms:
-                self._calibrate(call, norms, {n: a.detach() for n, a in clean.items()}, inputs)
+                calibrate_norm(call, norms, {n: a.detach() for n, a in clean.items()}, inputs)
             leaves = [*clean.values(), *perturbed.values()]
             handles = [
                 leaf.register_post_accumulate_grad_hook(lambda leaf, name=n: fold(name, leaf))
@@ -366,28 +357,6 @@ class NTKSAPCriterion(Criterion):
             g.abs_()
         return total, survivor_peak(total, alive, k)
 
-    @staticmethod
-    def _calibrate(
-        call: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
-        norms: list[nn.Module],
-        weights: dict[str, torch.Tensor],
-        inputs: dict[str, Any],
-    ) -> None:
-        """Set the batch-norm running statistics to those of ``inputs`` through the masked network (momentum 1)."""
-        for m in norms:
-            m.train()
-        try:
-            with torch.no_grad():
-                call(inputs, weights)
-        except ValueError as error:
-            raise ValueError(
-                f"ntksap: calibrating batch norm on the random batch failed ({error}); use a larger batch_size or "
-                "calibrate_norm=False"
-            ) from error
-        finally:
-            for m in norms:
-                m.eval()
-
     def _select_round(
         self,
         params: dict[str, PrunableParameter],
@@ -415,23 +384,3 @@ class NTKSAPCriterion(Criterion):
             keeps[n] = top_count_across([values], [chosen], count)[0]
         return keeps
 
-
-def survivor_peak(saliency: dict[str, torch.Tensor], alive: dict[str, torch.Tensor], k: int) -> float:
-    """The largest saliency of a surviving weight (0.0 when there is none); a non-finite one is an error.
-
-    A pruned weight's saliency is exactly 0 (its masked weights are 0), so the largest of a whole tensor is the
-    largest survivor's, and a finite maximum (NaN propagates) shows every saliency is finite: one reduction per tensor
-    instead of a boolean gather of the survivors and a finiteness pass over them. Should a pruned weight's be
-    non-finite while every survivor's is finite, it is set to 0 (it is never read).
-    """
-    peak = 0.0
-    for n, g in saliency.items():
-        top = float(g.max()) if g.numel() else 0.0
-        if not math.isfinite(top):
-            survivors = g.reshape(-1)[alive[n]]
-            if not bool(torch.isfinite(survivors).all()):
-                raise ValueError(f"ntksap: non-finite saliencies in round {k} for {n!r}")
-            g.reshape(-1).masked_fill_(~alive[n], 0.0)
-            top = float(survivors.max()) if survivors.numel() else 0.0
-        peak = max(peak, top)
-    return peak

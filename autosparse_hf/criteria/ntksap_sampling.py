@@ -1,15 +1,16 @@
 """What NTK-SAP draws and runs (Wang, Li & Sun, ICLR 2023, arXiv 2304.02840): standard normal inputs shaped like
-an example, weights re-drawn at each tensor's own scale, micro-batches, and the family's forward pass with the
-weights substituted (:func:`autosparse_hf.gradients.output_with`)."""
+an example, weights re-drawn at each tensor's own scale, micro-batches, and the batch-norm statistics of each draw's
+random batch (the forward passes substitute weights with :func:`autosparse_hf.gradients.output_with`)."""
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..families import PrunableParameter
 
@@ -58,3 +59,26 @@ def micro_batches(inputs: dict[str, Any], batch_size: int, size: int) -> list[di
         if size < batch_size
         else [inputs]
     )
+
+
+def calibrate_norm(
+    call: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
+    norms: list[nn.Module],
+    weights: dict[str, torch.Tensor],
+    inputs: dict[str, Any],
+) -> None:
+    """Set the batch-norm running statistics to those of ``inputs`` through the network at ``weights`` (``call``:
+    inputs and weights to the output; the layers' momentum is 1 while NTK-SAP scores)."""
+    for m in norms:
+        m.train()
+    try:
+        with torch.no_grad():
+            call(inputs, weights)
+    except ValueError as error:
+        raise ValueError(
+            f"ntksap: calibrating batch norm on the random batch failed ({error}); use a larger batch_size or "
+            "calibrate_norm=False"
+        ) from error
+    finally:
+        for m in norms:
+            m.eval()

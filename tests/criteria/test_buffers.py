@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from autosparse_hf.criteria.buffers import flat_empty_like
-from autosparse_hf.criteria.force import _FlatLayout
+from autosparse_hf.criteria.buffers import FlatLayout, flat_empty_like
 
 
 def test_tensors_of_one_dtype_are_views_of_one_allocation():
@@ -28,7 +27,7 @@ def test_mixed_dtypes_get_separate_tensors_of_their_own_dtype():
 def test_force_masked_weights_are_w0_times_mask_in_one_buffer_taking_gradients():
     g = torch.Generator().manual_seed(0)
     weights = {"w1": torch.randn(4, 3, generator=g), "w2": torch.randn(6, generator=g)}
-    layout = _FlatLayout(weights)
+    layout = FlatLayout(weights)
     mask = torch.rand(layout.total, generator=g) > 0.5
     masked = layout.masked(mask)
     for n, w in weights.items():

@@ -245,13 +245,14 @@ def test_scoring_never_writes_the_model(name):
 def test_magnitude_tie_break_without_a_flat_magnitude_copy_is_top_counts(seed):
     # _top_count_by_magnitude reads |w0| only at the tied entries; it must keep what top_count with the full
     # tie_break keeps, whatever the ties (few distinct saliencies and magnitudes force them).
-    from autosparse_hf.criteria.force import _FlatLayout, _top_count_by_magnitude
+    from autosparse_hf.criteria.buffers import FlatLayout
+    from autosparse_hf.criteria.force import _top_count_by_magnitude
     from autosparse_hf.masks.topk import top_count
 
     g = torch.Generator().manual_seed(seed)
     shapes = [(3, 5), (7,), (2, 2, 3), (0, 4), (11,)]
     weights = {f"t{i}": (torch.randint(-3, 4, s, generator=g).float() * 0.5) for i, s in enumerate(shapes)}
-    layout = _FlatLayout(weights)
+    layout = FlatLayout(weights)
     values = torch.randint(0, 4, (layout.total,), generator=g).float()
     magnitude = torch.cat([w.abs().reshape(-1) for w in weights.values()])
     for count in [0, 1, 5, layout.total // 2, layout.total - 1, layout.total]:
@@ -263,15 +264,15 @@ def test_magnitude_tie_break_without_a_flat_magnitude_copy_is_top_counts(seed):
 def test_final_encoding_in_chunks_is_the_whole_tensor_encoding(name, monkeypatch):
     # The float64 scores are written chunk by chunk (bounded temporaries on large tensors); chunks that split every
     # tensor, one with pruned-before-scoring entries, must give the one-chunk scores bit for bit.
-    import autosparse_hf.criteria.force as force
+    import autosparse_hf.criteria.buffers as buffers
 
     w1, w2, batches = problem(5)
     existing = {"fc1.weight": torch.rand(w1.shape, generator=torch.Generator().manual_seed(1)) > 0.3,
                 "fc2.weight": torch.ones(w2.shape, dtype=torch.bool)}  # fmt: skip
     model = TanhMLP(w1 * existing["fc1.weight"], w2)
     whole = A.compute_scores(model, name, dataloader=batches, sparsity=0.8, existing=existing, steps=4)
-    monkeypatch.setattr(force, "_FINISH_CHUNK", 5)
-    assert force._chunks(12) == [slice(0, 5), slice(5, 10), slice(10, 12)]
+    monkeypatch.setattr(buffers, "FINISH_CHUNK", 5)
+    assert buffers.chunks(12) == [slice(0, 5), slice(5, 10), slice(10, 12)]
     chunked = A.compute_scores(model, name, dataloader=batches, sparsity=0.8, existing=existing, steps=4)
     for n in whole:
         assert chunked[n].dtype == torch.float64 and chunked[n].shape == whole[n].shape
@@ -316,7 +317,9 @@ def test_saliency_sums_the_batches_also_for_a_tensor_the_last_batch_does_not_rea
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for batch in batches:
         loss = model(**batch)["loss"] / 2
-        for (n, p), grad in zip(model.named_parameters(), torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)):
+        names = [n for n, _ in model.named_parameters()]
+        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+        for n, grad in zip(names, grads, strict=True):
             if grad is not None:
                 total[n] += grad
     saliency = {n.removesuffix(".weight"): (p.detach() * total[n]).abs().double() for n, p in model.named_parameters()}

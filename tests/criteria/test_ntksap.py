@@ -493,7 +493,7 @@ def test_saliency_from_the_two_weight_sets_is_the_mask_gradient_bit_for_bit():
 
 
 def test_survivor_peak_reads_whole_tensors_and_rejects_only_a_non_finite_survivor():
-    from autosparse_hf.criteria.ntksap import survivor_peak
+    from autosparse_hf.criteria.ntksap_record import survivor_peak
 
     alive = {"a": torch.tensor([True, False, True]), "b": torch.tensor([False, False])}
     saliency = {"a": torch.tensor([0.5, 0.0, 2.0]), "b": torch.tensor([0.0, 0.0])}
@@ -506,3 +506,21 @@ def test_survivor_peak_reads_whole_tensors_and_rejects_only_a_non_finite_survivo
     with pytest.raises(ValueError, match=r"round 3 for 'a'"):
         survivor_peak({"a": torch.tensor([float("inf"), 0.0, 1.0]), "b": torch.zeros(2)}, alive, 3)
     assert survivor_peak({"a": torch.zeros(3), "b": torch.zeros(2)}, alive, 1) == 0.0
+
+
+def test_the_float64_encoding_in_chunks_is_the_whole_tensor_encoding(monkeypatch):
+    # NTK-SAP writes its float64 scores chunk by chunk (bounded temporaries on large tensors): chunks that split
+    # every tensor, with weights pruned before scoring, must give the one-chunk scores bit for bit.
+    import autosparse_hf.criteria.buffers as buffers
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.ReLU(), torch.nn.Linear(9, 4))
+    existing = {"0.weight": torch.rand(9, 6, generator=torch.Generator().manual_seed(0)) > 0.3,
+                "2.weight": torch.ones(4, 9, dtype=torch.bool)}  # fmt: skip
+    options = {"rounds": 3, "num_samples": 2, "batch_size": 4, "progress": False}
+    batch = {"pixel_values": torch.randn(2, 6), "labels": torch.tensor([0, 1])}
+    whole = compute_scores(model, "ntksap", dataloader=[batch], sparsity=0.7, existing=existing, **options)
+    monkeypatch.setattr(buffers, "FINISH_CHUNK", 7)
+    chunked = compute_scores(model, "ntksap", dataloader=[batch], sparsity=0.7, existing=existing, **options)
+    for n in whole:
+        assert chunked[n].dtype == torch.float64 and torch.equal(chunked[n], whole[n]), n
+    assert bool((whole["0.weight"][~existing["0.weight"]] == -1).all())
