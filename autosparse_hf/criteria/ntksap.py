@@ -210,7 +210,7 @@ class NTKSAPCriterion(Criterion):
             for k in range(1, self.rounds + 1):
                 saliency, peak = self._saliency(call, params, alive, sigma, template, generator, norms, k)
                 # Selection reads the saliencies as computed (float32 for float32 weights: the same order as their
-                # exact float64 values), the survivors in place (``alive`` marks them); the encoding below is float64.
+                # exact float64 values), the survivors in place (``alive`` marks them); ``encode_scores`` is float64.
                 keeps = self._select_round(params, saliency, alive, budgets, k, target_density, total, context.sparsity)
                 peaks.append(peak or 1.0)
                 for n in params:
@@ -221,7 +221,8 @@ class NTKSAPCriterion(Criterion):
                     # adding it, and the saliency is copied where removed (masked fills and scatters with a boolean
                     # mask are several times slower on the CPU).
                     torch.where(removed, values, removed_saliency[n], out=removed_saliency[n])
-                    removed_round[n].add_(removed.view(torch.uint8) if step == torch.uint8 else removed.to(step), alpha=k)
+                    flags = removed.view(torch.uint8) if step == torch.uint8 else removed.to(step)
+                    removed_round[n].add_(flags, alpha=k)
                     alive[n] = kept
                     if k < self.rounds:
                         del values
