@@ -167,8 +167,8 @@ class ProgressiveSensitivity(Criterion):
         weights exist only for this pass.
 
         Each tensor's saliency is written as soon as backward has its (last batch's accumulated) gradient, in a hook,
-        and the gradient freed: no full set of gradients is ever held (GPT-2 small: 0.7x its parameter bytes less at
-        the peak)."""
+        and the gradient freed: no full set of gradients (on GPT-2 small, 0.7x the model's parameter bytes) is ever
+        held at once."""
         if saliency is None:
             saliency = torch.empty(layout.total, dtype=torch.float32, device=layout.device)
         masked = layout.masked(mask)

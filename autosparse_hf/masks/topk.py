@@ -33,8 +33,8 @@ def prime_at_least(n: int) -> int:
 
 
 def masked_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``torch.masked_select(values, mask)`` (1-D, same shapes): on the CPU through numpy's boolean indexing, about
-    four times faster than ``masked_select`` single-threaded when a few per cent are selected (a band, the ties)."""
+    """``torch.masked_select(values, mask)`` (1-D, same shapes): on the CPU through numpy's boolean indexing, which is
+    faster than ``masked_select`` single-threaded when a few per cent are selected (a band, the ties)."""
     if values.device.type == "cpu" and values.dtype in _NUMPY_DTYPES and mask.dtype == torch.bool and not values.requires_grad:
         return torch.from_numpy(values.numpy()[mask.numpy()])
     return torch.masked_select(values, mask)

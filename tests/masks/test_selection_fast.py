@@ -512,8 +512,8 @@ def test_synflow_puts_every_parameter_back_bit_for_bit():
 def test_a_bracket_ending_on_a_mass_of_equal_values_gathers_none_of_them(above_mass, across, monkeypatch):
     # Iter SNIP selects with its pruned weights at -1 (most entries late in the schedule) and a count just below the
     # eligible ones: the sampled bracket reaches down to -1. The entries equal to the bracket's low end are counted,
-    # not gathered (GPT-2 small: ~0.3 GB gathered and a k-th value search over them, per step), and the answer is
-    # still exactly the stable sort's.
+    # not gathered (on GPT-2 small most of its 85M prunable weights, and a k-th value search over them, per step), and
+    # the answer is still exactly the stable sort's.
     import autosparse_hf.masks.topk as topk
 
     gathered: list[int] = []
