@@ -14,7 +14,7 @@ import torch
 from ..allocation.base import ExplicitCounts
 from ..gradients import loss_with, require_grad_only
 from ..masks import num_to_keep
-from ..masks.topk import top_count
+from ..masks.topk import top_count, top_count_across
 from ..state import release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
 from .buffers import FlatLayout, chunks
@@ -124,10 +124,8 @@ class ProgressiveSensitivity(Criterion):
         try:
             for k in range(1, self.steps + 1):
                 eligible = allowed if self.revives else mask
-                saliency = self._saliency(context, layout, mask, eligible, batches, saliency)
-                values = saliency if self.revives else torch.where(mask, saliency, -1.0)
-                keep, peak = self._select(values, eligible, layout, budgets, k, target)
-                del values
+                saliency, eligible_peak = self._saliency(context, layout, mask, eligible, batches, saliency)
+                keep, peak = self._select(saliency, eligible, layout, budgets, k, target, eligible_peak)
                 if self.revives and k < self.steps:
                     saliency = None
                 if removed_at is not None:
@@ -161,10 +159,10 @@ class ProgressiveSensitivity(Criterion):
         eligible: torch.Tensor | None,
         batches: list[Any],
         saliency: torch.Tensor | None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, float]:
         """Write ``|w0 * g|`` of the eligible weights into ``saliency`` (FORCE: -1 at the others; a new vector when
-        ``None``) and return it, ``g`` the loss gradient at ``w0 * mask`` averaged over ``batches``; the masked
-        weights exist only for this pass.
+        ``None``) and return it with Iter SNIP's largest eligible saliency (0.0 for FORCE), ``g`` the loss gradient
+        at ``w0 * mask`` averaged over ``batches``; the masked weights exist only for this pass.
 
         Each tensor's saliency is written as soon as backward has its (last batch's accumulated) gradient, in a hook,
         and the gradient freed: no full set of gradients (on GPT-2 small, 0.7x the model's parameter bytes) is ever
@@ -175,11 +173,20 @@ class ProgressiveSensitivity(Criterion):
         leaves = [masked[n] for n in layout.names]
         written: set[str] = set()
         last, batch_index = len(batches) - 1, [0]
+        peaks = [0.0]
 
-        def write(name: str, grad: torch.Tensor | None) -> None:
+        def write(name: str, grad: torch.Tensor | None, masked_weight: torch.Tensor) -> None:
             w0 = layout.weights[name]
-            value = (grad.mul_(w0).abs_() if grad is not None else torch.zeros_like(w0)).reshape(-1)
+            # Iter SNIP multiplies by the masked weights (w0 where eligible, bit for bit): its ineligible entries read 0,
+            # so the largest value is the largest eligible saliency, with no masked copy to take it from.
+            factor = w0 if self.revives else masked_weight
+            value = (grad.mul_(factor).abs_() if grad is not None else torch.zeros_like(w0)).reshape(-1)
             view = layout.view(saliency, name)
+            if not self.revives and value.numel():
+                top = float(value.max())
+                if not math.isfinite(top):  # (a non-finite gradient; outside the eligible weights it is not read)
+                    top = float(torch.where(layout.view(eligible, name), value, -math.inf).max())
+                peaks.append(top)
             if eligible is None:
                 view.copy_(value)
             elif self.revives:
@@ -193,7 +200,7 @@ class ProgressiveSensitivity(Criterion):
         def fold(leaf: torch.Tensor, name: str) -> None:
             if batch_index[0] == last:  # the gradient is complete: sum over batches in order, as ``.grad`` does
                 grad, leaf.grad = leaf.grad, None
-                write(name, grad)
+                write(name, grad, leaf.detach())
 
         handles = [masked[n].register_post_accumulate_grad_hook(partial(fold, name=n)) for n in layout.names]
         try:
@@ -209,10 +216,10 @@ class ProgressiveSensitivity(Criterion):
         for n in layout.names:  # not reached by the last batch: what earlier batches accumulated, or zeros
             if n not in written:
                 grad, masked[n].grad = masked[n].grad, None
-                write(n, grad)
+                write(n, grad, masked[n].detach())
         del masked, leaves
         release_free_memory()  # the pass's activations, before the selection and the next pass
-        return saliency
+        return saliency, max(peaks)
 
     def _select(
         self,
@@ -222,16 +229,28 @@ class ProgressiveSensitivity(Criterion):
         budgets: Any,
         k: int,
         target: float,
+        eligible_peak: float,
     ) -> tuple[torch.Tensor, float]:
         """Step ``k``'s mask (the top of the eligible saliencies, globally or inside per-tensor counts) and the largest
-        eligible saliency (1 when there is none or it is 0), the scale of ``iter_snip``'s encoding. Ineligible weights
-        hold -1 in ``values``, below every saliency (>= 0): a top-k within the eligible count never takes one."""
+        eligible saliency (1 when there is none or it is 0), the scale of ``iter_snip``'s encoding. FORCE's
+        ineligible weights hold -1 in ``values``, below every saliency (>= 0): a top-k within the eligible count never
+        takes one; Iter SNIP's hold the saliency they were removed with, and only the eligible ones are candidates."""
         total = layout.total
         if budgets is None:
             count = num_to_keep(total, 1.0 - self.density(k, target)) if k < self.steps else num_to_keep(total, 1.0 - target)
             count = min(count, int(torch.count_nonzero(eligible)) if eligible is not None else total)
-            keep = _top_count_by_magnitude(values, count, layout)
-            peak = float(values.max()) if total else 0.0
+            if self.revives:
+                keep = _top_count_by_magnitude(values, count, layout)
+                peak = float(values.max()) if total else 0.0
+            else:  # no copy of the saliencies with the ineligible ones masked out
+                kept = top_count_across(
+                    [layout.view(values, n) for n in layout.names],
+                    [layout.view(eligible, n) for n in layout.names],
+                    count,
+                    tie_break=[partial(_magnitude_at, layout.weights[n]) for n in layout.names],
+                )
+                keep = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.bool, device=values.device)
+                peak = eligible_peak
             return keep, max(peak, 0.0) or 1.0
         keep = torch.zeros(total, dtype=torch.bool, device=values.device)
         peak = 0.0
@@ -241,6 +260,8 @@ class ProgressiveSensitivity(Criterion):
             if not 0 <= final <= numel:
                 raise ValueError(f"{self.name}: budget of {n!r} is {final}, outside [0, {numel}]")
             piece = layout.view(values, n)
+            if not self.revives:  # ineligible at -1 (a copy of this tensor's piece only)
+                piece = torch.where(layout.view(eligible, n), piece, -1.0)
             n_eligible = int(torch.count_nonzero(layout.view(eligible, n))) if eligible is not None else numel
             count = scheduled_count(numel, final, k, self.steps, n_eligible, self.schedule)
             magnitude = layout.weights[n].abs().reshape(-1).float()
@@ -266,6 +287,11 @@ class ProgressiveSensitivity(Criterion):
 def _step_dtype(steps: int) -> torch.dtype:
     """The smallest integer type that holds step numbers up to ``steps``."""
     return torch.uint8 if steps < 256 else torch.int16 if steps < 2**15 else torch.int32
+
+
+def _magnitude_at(weight: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``|w0|`` (float32) of one tensor at its flat ``positions``: the tie-break, read at the tied entries only."""
+    return weight.reshape(-1).index_select(0, positions.to(weight.device)).abs().float()
 
 
 def _top_count_by_magnitude(values: torch.Tensor, count: int, layout: FlatLayout) -> torch.Tensor:

@@ -43,6 +43,20 @@ def masked_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 _NUMPY_DTYPES = (torch.float32, torch.float64, torch.int64, torch.int32)
 
 
+# A second score per entry (a tensor), or a function from positions (int64, ascending) to the second scores there.
+TieBreak = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+
+
+def _second_scores(tie_break: TieBreak, positions: torch.Tensor) -> torch.Tensor:
+    """The second scores at ``positions`` (read from the tensor, or asked of the function)."""
+    if callable(tie_break):
+        seconds = tie_break(positions).reshape(-1)
+        if seconds.numel() != positions.numel():
+            raise ValueError(f"tie_break gave {seconds.numel()} values for {positions.numel()} tied positions")
+        return seconds
+    return tie_break.reshape(-1).index_select(0, positions)
+
+
 def _kth_largest_full(values: torch.Tensor, count: int) -> tuple[torch.Tensor, int, int]:
     """``(t, #values > t, #values == t)`` for ``t`` the ``count``-th largest value, from one k-th value search."""
     threshold = values.kthvalue(values.numel() - count + 1).values
@@ -81,9 +95,7 @@ def _position_of_nth_true(mask: torch.Tensor, nth: int) -> int:
     return low + int(inside[nth - 1])
 
 
-def top_count(
-    values: torch.Tensor, count: int, tie_break: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None
-) -> torch.Tensor:
+def top_count(values: torch.Tensor, count: int, tie_break: TieBreak | None = None) -> torch.Tensor:
     """Boolean mask of the ``count`` largest entries of the 1-D ``values``; ties go to the lowest index.
 
     Exactly what keeping the first ``count`` of a stable descending sort keeps, in linear time: every value above
@@ -117,9 +129,7 @@ def top_count(
         return values >= threshold
     if callable(tie_break):
         tied = torch.nonzero(values == threshold).squeeze(1)
-        seconds = tie_break(tied).reshape(-1).to(values.device)
-        if seconds.shape != tied.shape:
-            raise ValueError(f"tie_break gave {tuple(seconds.shape)} values for {tied.numel()} tied positions")
+        seconds = _second_scores(tie_break, tied).to(values.device)
         keep = values > threshold
         keep[tied.index_select(0, torch.nonzero(top_count(seconds, needed)).squeeze(1))] = True
         return keep
@@ -163,14 +173,15 @@ def top_count_across(
     values: Sequence[torch.Tensor],
     candidates: Sequence[torch.Tensor | None],
     count: int,
-    tie_break: Sequence[torch.Tensor | None] | None = None,
+    tie_break: Sequence[TieBreak] | None = None,
 ) -> list[torch.Tensor]:
     """:func:`top_count` over the concatenation of the 1-D ``values`` (one dtype and device) restricted to the
     entries where ``candidates`` is true (``None``: every entry of that tensor), as one boolean mask per tensor,
     without concatenating them.
 
     The same answer as ``_top_count_among(torch.cat(values), torch.cat(candidates), count, torch.cat(tie_break))``
-    (ties: ``tie_break`` when given, then position in the concatenation), found as :func:`_bracketed_threshold` finds a
+    (ties: ``tie_break`` when given, then position in the concatenation; a tensor's tie-break may be a function of
+    its tied positions, as for :func:`top_count`), found as :func:`_bracketed_threshold` finds a
     threshold: a strided sample of all tensors brackets the ``count``-th largest candidate, one pass per tensor counts
     the candidates above the bracket and gathers those inside it, and the exact threshold is searched among those.
     Transients are one tensor's booleans and the gathered band (a few per cent), not model-sized concatenations:
@@ -217,7 +228,7 @@ def top_count_across(
         keeps.append(keep)
     if tie_break is not None and needed < equal:
         # The tied candidates (usually few) chosen by the second score, its own ties in concatenation order.
-        seconds = torch.cat([b.index_select(0, p) for b, p in zip(tie_break, tied_positions, strict=True)])  # type: ignore[union-attr]
+        seconds = torch.cat([_second_scores(b, p) for b, p in zip(tie_break, tied_positions, strict=True)])
         chosen = torch.split(top_count(seconds, needed), [p.numel() for p in tied_positions])
         for keep, positions, picked in zip(keeps, tied_positions, chosen, strict=True):
             keep[torch.masked_select(positions, picked)] = True
@@ -292,10 +303,13 @@ def _top_count_concatenated(
     values: Sequence[torch.Tensor],
     candidates: Sequence[torch.Tensor | None],
     count: int,
-    tie_break: Sequence[torch.Tensor | None] | None,
+    tie_break: Sequence[TieBreak] | None,
 ) -> list[torch.Tensor]:
     flat = torch.cat(list(values))
-    breaks = torch.cat(list(tie_break)) if tie_break is not None else None  # type: ignore[arg-type]
+    breaks = None
+    if tie_break is not None:  # (every second score: this path concatenates anyway)
+        everywhere = [torch.arange(v.numel(), device=v.device) for v in values]
+        breaks = torch.cat([_second_scores(b, p) for b, p in zip(tie_break, everywhere, strict=True)])
     if all(c is None for c in candidates):
         chosen = top_count(flat, count, breaks)
     else:

@@ -269,3 +269,23 @@ def test_masked_values_is_masked_select(dtype):
         mask = torch.rand(values.shape, generator=g) > 0.9
         out = masked_values(values, mask)
         assert out.dtype == dtype and torch.equal(out, torch.masked_select(values, mask))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tie_break_functions_across_tensors_keep_what_tie_break_tensors_keep(seed):
+    # Iter SNIP selects across tensors with the eligible weights as candidates and |w0| read at the tied positions of
+    # each tensor only (a function per tensor); the answer must be the tie-break tensors' (and the concatenation's).
+    from autosparse_hf.masks.topk import top_count_across
+
+    g = torch.Generator().manual_seed(seed)
+    sizes = [[30_000, 50_000, 7], [5, 9], [70_000, 70_001]][seed % 3]
+    values = [torch.randint(0, 6, (n,), generator=g).float() for n in sizes]
+    candidates = [torch.rand(n, generator=g) > 0.3 for n in sizes]
+    seconds = [torch.randint(0, 3, (n,), generator=g).float() for n in sizes]
+    functions = [lambda positions, s=s: s.index_select(0, positions) for s in seconds]
+    n_candidates = sum(int(c.sum()) for c in candidates)
+    for count in [1, n_candidates // 4, n_candidates // 2 + 1, n_candidates - 1]:
+        expected = top_count_across(values, candidates, count, tie_break=seconds)
+        got = top_count_across(values, candidates, count, tie_break=functions)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)), (sizes, count)
+        assert sum(int(k.sum()) for k in got) == count
