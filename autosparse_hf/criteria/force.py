@@ -17,7 +17,7 @@ from ..masks import num_to_keep
 from ..masks.topk import top_count, top_count_across
 from ..state import release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
-from .buffers import FlatLayout, chunks
+from .buffers import FlatLayout, chunks, record_step, step_dtype
 from .progress import scoring_progress
 from .schedule import scheduled_count
 
@@ -113,10 +113,10 @@ class ProgressiveSensitivity(Criterion):
         mask = allowed.clone() if allowed is not None else torch.ones(layout.total, dtype=torch.bool, device=device)
         # The current step's saliencies |w0 * g| of the eligible weights, -1 elsewhere for FORCE; Iter SNIP keeps the
         # saliency at removal of the weights it removed (never eligible again) and their step in ``removed_at``.
-        # FORCE rewrites every saliency each step: its vector exists from the end of a step's backward pass to the
-        # end of its selection (and for the final encoding), not during the next pass.
+        # FORCE rewrites every saliency each step: its vector is made at the start of a step's pass (backward writes
+        # each tensor's saliencies into it as it goes) and dropped after the step's selection (kept after the last).
         saliency = None if self.revives else torch.zeros(layout.total, dtype=torch.float32, device=device)
-        removed_at = None if self.revives else torch.zeros(layout.total, dtype=_step_dtype(self.steps), device=device)
+        removed_at = None if self.revives else torch.zeros(layout.total, dtype=step_dtype(self.steps), device=device)
         peaks: list[float] = [1.0]  # peaks[k]: step k's largest eligible saliency (Iter SNIP's encoding scale)
         target = 1.0 - context.sparsity
         require_grad_only(model, [])  # eval mode; no parameter of the model takes a gradient
@@ -128,14 +128,8 @@ class ProgressiveSensitivity(Criterion):
                 keep, peak = self._select(saliency, eligible, layout, budgets, k, target, eligible_peak)
                 if self.revives and k < self.steps:
                     saliency = None
-                if removed_at is not None:
-                    # Step k's removals are the survivors it does not keep (keep lies inside mask: mask ^ keep), each
-                    # removed once, so its entry is still 0: adding k there is writing k. (A masked fill with a
-                    # boolean mask is an order of magnitude slower on the CPU.)
-                    removed = torch.bitwise_xor(mask, keep)
-                    removed = removed.view(torch.uint8) if removed_at.dtype == torch.uint8 else removed.to(removed_at.dtype)
-                    removed_at.add_(removed, alpha=k)
-                    del removed
+                if removed_at is not None:  # step k's removals: the survivors it does not keep (keep lies inside mask)
+                    record_step(removed_at, torch.bitwise_xor(mask, keep), k)
                 peaks.append(peak)
                 mask = keep
                 bar.update(1)
@@ -239,18 +233,9 @@ class ProgressiveSensitivity(Criterion):
         if budgets is None:
             count = num_to_keep(total, 1.0 - self.density(k, target)) if k < self.steps else num_to_keep(total, 1.0 - target)
             count = min(count, int(torch.count_nonzero(eligible)) if eligible is not None else total)
-            if self.revives:
-                keep = _top_count_by_magnitude(values, count, layout)
-                peak = float(values.max()) if total else 0.0
-            else:  # no copy of the saliencies with the ineligible ones masked out
-                kept = top_count_across(
-                    [layout.view(values, n) for n in layout.names],
-                    [layout.view(eligible, n) for n in layout.names],
-                    count,
-                    tie_break=[partial(_magnitude_at, layout.weights[n]) for n in layout.names],
-                )
-                keep = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.bool, device=values.device)
-                peak = eligible_peak
+            # Only the eligible weights are candidates: no copy of the saliencies with the others masked out.
+            keep = _top_count_by_magnitude(values, count, layout, eligible)
+            peak = (float(values.max()) if total else 0.0) if self.revives else eligible_peak
             return keep, max(peak, 0.0) or 1.0
         keep = torch.zeros(total, dtype=torch.bool, device=values.device)
         peak = 0.0
@@ -264,7 +249,7 @@ class ProgressiveSensitivity(Criterion):
                 piece = torch.where(layout.view(eligible, n), piece, -1.0)
             n_eligible = int(torch.count_nonzero(layout.view(eligible, n))) if eligible is not None else numel
             count = scheduled_count(numel, final, k, self.steps, n_eligible, self.schedule)
-            magnitude = layout.weights[n].abs().reshape(-1).float()
+            magnitude = partial(_magnitude_at, layout.weights[n])  # read at the tied entries only
             layout.view(keep, n).copy_(top_count(piece, count, tie_break=magnitude))
             if numel:
                 peak = max(peak, float(piece.max()))
@@ -284,20 +269,24 @@ class ProgressiveSensitivity(Criterion):
         raise NotImplementedError
 
 
-def _step_dtype(steps: int) -> torch.dtype:
-    """The smallest integer type that holds step numbers up to ``steps``."""
-    return torch.uint8 if steps < 256 else torch.int16 if steps < 2**15 else torch.int32
-
-
 def _magnitude_at(weight: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """``|w0|`` (float32) of one tensor at its flat ``positions``: the tie-break, read at the tied entries only."""
     return weight.reshape(-1).index_select(0, positions.to(weight.device)).abs().float()
 
 
-def _top_count_by_magnitude(values: torch.Tensor, count: int, layout: FlatLayout) -> torch.Tensor:
-    """``top_count(values, count, tie_break=|w0|)`` without a flat copy of ``|w0|``: the magnitudes are read only at
-    the entries tied at the threshold, and only when those ties decide which weights are kept."""
-    return top_count(values, count, tie_break=layout.magnitude_at)
+def _top_count_by_magnitude(
+    values: torch.Tensor, count: int, layout: FlatLayout, candidates: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``top_count(values, count, tie_break=|w0|)`` among the ``candidates`` (flat booleans; ``None``: all) without a
+    flat copy of ``|w0|`` or of the values: each tensor's magnitudes are read only at its entries tied at the
+    threshold, and only when those ties decide which weights are kept."""
+    kept = top_count_across(
+        [layout.view(values, n) for n in layout.names],
+        [layout.view(candidates, n) if candidates is not None else None for n in layout.names],
+        count,
+        tie_break=[partial(_magnitude_at, layout.weights[n]) for n in layout.names],
+    )
+    return torch.cat(kept) if kept else torch.zeros(0, dtype=torch.bool, device=values.device)
 
 
 @register_criterion

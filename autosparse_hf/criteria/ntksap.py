@@ -21,6 +21,7 @@ from ..masks import num_to_keep
 from ..masks.topk import top_count_across
 from ..state import batch_norm_layers, release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
+from .buffers import record_step, step_dtype
 from .ntksap_record import encode_scores, survivor_peak
 from .ntksap_sampling import calibrate_norm, is_integer, micro_batches, random_inputs, resample_stds
 from .progress import scoring_progress
@@ -193,8 +194,7 @@ class NTKSAPCriterion(Criterion):
         removed_saliency = {
             n: torch.zeros(p.param.numel(), dtype=p.param.dtype, device=p.param.device) for n, p in params.items()
         }
-        step = torch.uint8 if self.rounds < 256 else torch.int32
-        removed_round = {n: torch.zeros(a.numel(), dtype=step, device=a.device) for n, a in alive.items()}
+        removed_round = {n: torch.zeros(a.numel(), dtype=step_dtype(self.rounds), device=a.device) for n, a in alive.items()}
         peaks = [1.0]  # peaks[k]: the largest survivor saliency of round k
         device = next(iter(params.values())).param.device
         generator = torch.Generator(device=device).manual_seed(int(self.seed))
@@ -217,12 +217,9 @@ class NTKSAPCriterion(Criterion):
                     values = saliency.pop(n).reshape(-1)
                     kept = keeps.pop(n)  # inside alive
                     removed = alive[n] ^ kept
-                    # Each weight is removed once, so its record is still 0 (round) and unwritten: writing k there is
-                    # adding it, and the saliency is copied where removed (masked fills and scatters with a boolean
-                    # mask are several times slower on the CPU).
+                    # The saliency is copied where removed (a boolean scatter is several times slower on the CPU).
                     torch.where(removed, values, removed_saliency[n], out=removed_saliency[n])
-                    flags = removed.view(torch.uint8) if step == torch.uint8 else removed.to(step)
-                    removed_round[n].add_(flags, alpha=k)
+                    record_step(removed_round[n], removed, k)
                     alive[n] = kept
                     if k < self.rounds:
                         del values

@@ -54,7 +54,7 @@ def _second_scores(tie_break: TieBreak, positions: torch.Tensor) -> torch.Tensor
         if seconds.numel() != positions.numel():
             raise ValueError(f"tie_break gave {seconds.numel()} values for {positions.numel()} tied positions")
         return seconds
-    return tie_break.reshape(-1).index_select(0, positions)
+    return tie_break.reshape(-1).index_select(0, positions.to(tie_break.device))
 
 
 def _kth_largest_full(values: torch.Tensor, count: int) -> tuple[torch.Tensor, int, int]:
@@ -127,15 +127,12 @@ def top_count(values: torch.Tensor, count: int, tie_break: TieBreak | None = Non
     needed = count - greater
     if needed == equal:
         return values >= threshold
-    if callable(tie_break):
+    if tie_break is not None:  # the tied entries (usually few) chosen by the second score, its own ties in index order
         tied = torch.nonzero(values == threshold).squeeze(1)
         seconds = _second_scores(tie_break, tied).to(values.device)
         keep = values > threshold
         keep[tied.index_select(0, torch.nonzero(top_count(seconds, needed)).squeeze(1))] = True
         return keep
-    if tie_break is not None:
-        tied = values == threshold
-        return (values > threshold) | _top_count_among(tie_break.reshape(-1).to(values.device), tied, needed)
     # The first `needed` ties (in index order) end at `cut`: keep >= threshold before it, > threshold from it on.
     cut = _position_of_nth_true(values == threshold, needed) + 1
     keep = torch.empty(n, dtype=torch.bool, device=values.device)

@@ -34,3 +34,16 @@ def test_force_masked_weights_are_w0_times_mask_in_one_buffer_taking_gradients()
         assert masked[n].requires_grad and masked[n].is_leaf
         assert torch.equal(masked[n].detach(), w * layout.view(mask, n).view(w.shape))
     assert len({t.untyped_storage().data_ptr() for t in masked.values()}) == 1
+
+
+def test_removal_records_hold_every_step_and_write_it_only_where_removed():
+    from autosparse_hf.criteria.buffers import record_step, step_dtype
+
+    assert [step_dtype(s) for s in (1, 255, 256, 2**15 - 1, 2**15)] == [
+        torch.uint8, torch.uint8, torch.int16, torch.int16, torch.int32,
+    ]  # fmt: skip
+    for steps in (60, 300, 40_000):
+        record = torch.zeros(6, dtype=step_dtype(steps))
+        record_step(record, torch.tensor([True, False, False, True, False, False]), 7)
+        record_step(record, torch.tensor([False, False, True, False, False, False]), steps)
+        assert record.tolist() == [7, 0, steps, 7, 0, 0], steps
