@@ -192,39 +192,6 @@ def revived_zero_weights(
                 weights[name][0].copy_(old)
 
 
-def release_free_memory() -> None:
-    """Hand the C allocator's free heap memory back to the system (glibc's ``malloc_trim``; a no-op elsewhere).
-
-    glibc serves mid-sized blocks (most activations and per-layer gradients, a few MB each) from a heap that only
-    shrinks from its top: blocks a pass frees in the middle stay resident, so the next pass of another shape grows
-    the process instead of reusing them. Criteria call this between passes, where that memory is free; the scores
-    do not depend on it.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def _malloc_trim():  # noqa: ANN202
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        _MALLOC_TRIM = False
-        try:
-            import ctypes
-            import ctypes.util
-
-            name = ctypes.util.find_library("c")
-            libc = ctypes.CDLL(name) if name else None
-            if libc is not None and hasattr(libc, "malloc_trim"):
-                _MALLOC_TRIM = libc.malloc_trim
-        except OSError:
-            pass
-    return _MALLOC_TRIM or None
-
-
-_MALLOC_TRIM = None
-
-
 def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
     """Batch-norm layers (any ``_BatchNorm``, timm's ``BatchNormAct2d`` included) that keep running statistics."""
     return [

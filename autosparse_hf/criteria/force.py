@@ -13,9 +13,9 @@ import torch
 
 from ..allocation.base import ExplicitCounts
 from ..gradients import loss_with, require_grad_only
+from ..heap import release_free_memory
 from ..masks import num_to_keep
 from ..masks.topk import top_count, top_count_across
-from ..state import release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
 from .buffers import FlatLayout, chunks, record_step, step_dtype
 from .progress import scoring_progress

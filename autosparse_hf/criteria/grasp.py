@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..gradients import average_gradients, require_grad_only
-from ..state import release_free_memory
+from ..heap import release_free_memory, releasing_during_backward
 from .base import Criterion, ScoringContext, register_criterion
 
 
@@ -51,8 +51,10 @@ class GraSPCriterion(Criterion):
     detached) instead of a separate pass: equal up to the attention kernel (that pass runs attention on its math
     kernel, a separate pass would not), one forward and backward pass less. The first-order gradients are dropped as
     the product ``g . dL/dw`` is formed and ``H g`` becomes the scores in place, so the peak holds one step's forward
-    and first-order backward graphs, ``g`` and ``H g`` (GPT-2 small: about 2.6x its parameters' bytes of live
-    tensors).
+    and first-order backward graphs, ``g`` and ``H g``. The double backward frees the graphs' tensors as it goes
+    and allocates gradients of other sizes; the C heap's freed pages are handed back while it runs
+    (``heap.releasing_during_backward``), so the process's peak is that of the live tensors (GPT-2 small: see
+    BENCHMARKS.md, "Cost of every criterion").
     """
 
     name = "grasp"
@@ -88,7 +90,8 @@ class GraSPCriterion(Criterion):
                 if index == len(batches) - 1:
                     grads = None
                 release_free_memory()  # what the first-order pass freed, before the double backward grows the heap
-                second = torch.autograd.grad(dot, weights)
+                with releasing_during_backward(dot):  # the heap's free pages, as the double backward frees
+                    second = torch.autograd.grad(dot, weights)
                 del dot
             if hessian_grad is None:
                 hessian_grad = list(second)  # the first batch's product is the accumulator (0 + h is h)

@@ -17,9 +17,10 @@ from torch import nn
 from ..allocation.base import ExplicitCounts
 from ..families import PrunableParameter
 from ..gradients import output_with, take_batches
+from ..heap import release_free_memory, releasing_during_backward
 from ..masks import num_to_keep
 from ..masks.topk import top_count_across
-from ..state import batch_norm_layers, release_free_memory
+from ..state import batch_norm_layers
 from .base import Criterion, ScoringContext, register_criterion
 from .buffers import record_step, step_dtype
 from .ntksap_record import encode_scores, survivor_peak
@@ -341,7 +342,8 @@ class NTKSAPCriterion(Criterion):
                             "overflow the model); try a smaller epsilon, calibrate_norm=True or resample_weights=False"
                         )
                     if objective.requires_grad:
-                        objective.backward(inputs=leaves)
+                        with releasing_during_backward(objective):
+                            objective.backward(inputs=leaves)
                     del objective
                     for name, part in pending.items():  # a weight set that one of the passes does not reach
                         total[name] += part

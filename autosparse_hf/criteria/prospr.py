@@ -16,7 +16,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..families import ModelFamily
 from ..gradients import loss_with, take_batches
-from ..state import batch_norm_layers, release_free_memory
+from ..heap import release_free_memory, releasing_during_backward
+from ..state import batch_norm_layers
 from .base import Criterion, ScoringContext, register_criterion
 from .buffers import flat_empty_like
 from .grasp import twice_differentiable_activations
@@ -81,10 +82,12 @@ class ProsPrCriterion(Criterion):
     one step's graph in memory. ``w_t`` is recomputed from ``w_0`` by ``t`` plain SGD steps when its level is
     reached (nothing is stored), so the passes are ``T (T + 1) / 2 + T`` first-order steps, ``num_batches`` meta
     passes and ``T`` double-backward passes; the memory is one step's forward and first-order backward graphs plus
-    three parameter-sized vectors (``v``, ``-inner_lr * v`` and the recomputed ``w_t``; GPT-2 small: about 4.5x its
-    parameters' bytes), against ``T + 1`` graphs and parameter copies when the whole trajectory is unrolled. The
-    result agrees with the unrolled computation to rounding (summation order). Attention runs on its math kernel,
-    and hard-sigmoid / hard-swish are swapped for equal twice-differentiable forms (as for GraSP), since the fused
+    three parameter-sized vectors at the peak (``v``, the recomputed ``w_t`` and the first-order gradients ``g_t``
+    until their product with ``v`` is formed), against ``T + 1`` graphs and parameter copies when the whole
+    trajectory is unrolled; the C heap's freed pages are handed back as every backward runs
+    (``heap.releasing_during_backward``), so the process's peak is that of these tensors (GPT-2 small: BENCHMARKS.md,
+    "Cost of every criterion"). The result agrees with the unrolled computation to rounding (summation order).
+    Attention runs on its math kernel, and hard-sigmoid / hard-swish are swapped for equal twice-differentiable forms (as for GraSP), since the fused
     kernels have no double backward. ``first_order=True`` costs ``T`` training steps and the meta passes, with
     about two parameter-sized vectors in memory.
 
@@ -208,6 +211,12 @@ class _Trajectory:
     def loss(self, batch: Any, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return loss_with(self.model, self.family, batch, tensors)
 
+    @staticmethod
+    def grad(loss: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool = False) -> tuple[Any, ...]:
+        """``d loss / d inputs`` (``None`` for an unused input), the C heap's free memory released as backward runs."""
+        with releasing_during_backward(loss):
+            return torch.autograd.grad(loss, inputs, create_graph=create_graph, allow_unused=True)
+
     def train(self, steps: int) -> dict[str, torch.Tensor]:
         """``w_steps`` by first-order SGD steps, no graph kept (``w_0``'s tensors are the model's and stay as they
         are; later ones are ours and updated in place)."""
@@ -218,9 +227,7 @@ class _Trajectory:
         ours: set[str] = set()
         for t in range(steps):
             leaves = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
-            grads = list(torch.autograd.grad(
-                self.loss(self.batches[t], leaves), list(leaves.values()), allow_unused=True
-            ))
+            grads = list(self.grad(self.loss(self.batches[t], leaves), list(leaves.values())))
             del leaves
             with torch.no_grad():
                 if storage is None:
@@ -251,9 +258,7 @@ class _Trajectory:
         flat = flat_empty_like({n: leaves[n] for n in names}) if scale is None else None
         total: dict[str, torch.Tensor] = {}
         for batch in batches:
-            grads = torch.autograd.grad(
-                self.loss(batch, leaves) / count, [leaves[n] for n in names], allow_unused=True
-            )
+            grads = self.grad(self.loss(batch, leaves) / count, [leaves[n] for n in names])
             for n, g in zip(names, grads, strict=True):
                 g = torch.zeros_like(leaves[n]) if g is None else g
                 if scale is not None:
@@ -273,23 +278,26 @@ class _Trajectory:
         leaves = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
         del weights
         names = list(leaves)
-        first = list(torch.autograd.grad(
-            self.loss(self.batches[t], leaves), [leaves[n] for n in names], create_graph=True, allow_unused=True
-        ))
-        # What the unrolled graph sends into g_t: (-v) * lr (the subtraction's, then the product's, backward).
-        # (Each piece of -lr v is its own tensor: the double backward frees it as soon as its product has run.)
+        first = list(self.grad(self.loss(self.batches[t], leaves), [leaves[n] for n in names], create_graph=True))
+        # What the unrolled graph sends into g_t: (-v) * lr (the subtraction's, then the product's, backward). The
+        # products save v itself and -lr scales their sum: the double backward then forms -lr * v_n (the same
+        # product, bit for bit) when it reaches product n, with no parameter-sized copy of -lr v alive before it.
         dot = torch.zeros((), dtype=next(iter(v.values())).dtype, device=next(iter(v.values())).device)
         for i, n in enumerate(names):
             if first[i] is not None:
-                dot = dot + (first[i] * v[n].neg().mul_(self.lr)).sum()
+                dot = dot + (first[i] * v[n]).sum()
             first[i] = None  # the double backward reads only what the products saved
         del first
+        dot = dot * -self.lr
         # The gradient of w_t starts as v (the subtraction's direct path) and the H_t-terms accumulate into it, in
-        # place: v's storage becomes dL/dw_t.
+        # place: v's storage becomes dL/dw_t. The products read v before that: autograd runs the nodes of this sum
+        # (created last, so first in its order) before any node of the first-order graph, and only through those do
+        # gradients reach the weights (were it otherwise, autograd's check of saved tensors would raise, not err).
         for n in names:
             leaves[n].grad = v.pop(n)
         if dot.requires_grad:
-            dot.backward(inputs=[leaves[n] for n in names])
+            with releasing_during_backward(dot):
+                dot.backward(inputs=[leaves[n] for n in names])
         del dot
         out = {n: leaves[n].grad for n in names}
         for n in names:

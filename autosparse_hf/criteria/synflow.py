@@ -16,8 +16,8 @@ from torch import nn
 
 from ..allocation.base import ExplicitCounts
 from ..gradients import take_batches
+from ..heap import release_free_memory
 from ..masks import num_to_keep, select_masks
-from ..state import release_free_memory
 from .base import Criterion, ScoringContext, register_criterion
 from .numerics import SignalNumerics, check_finite_weights, like_model, nonfinite_error
 from .progress import scoring_progress

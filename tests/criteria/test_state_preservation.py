@@ -36,14 +36,3 @@ def test_without_weights_buffers_grads_modes_are_restored_and_no_weight_copy_is_
 @pytest.mark.parametrize("name", ["snip", "grasp", "prospr", "ntksap", "magnitude", "random", "force", "iter_snip", "synflow"])
 def test_criteria_that_only_read_weights_skip_the_copy(name):
     assert not criterion_class(name).writes_weights
-
-
-def test_release_free_memory_is_safe_to_call_anywhere():
-    # malloc_trim where glibc has it, nothing elsewhere; never an error, and no tensor is touched.
-    from autosparse_hf.state import release_free_memory
-
-    net = model()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    assert release_free_memory() is None
-    release_free_memory()
-    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
