@@ -87,9 +87,9 @@ class ProsPrCriterion(Criterion):
     trajectory is unrolled; the C heap's freed pages are handed back as every backward runs
     (``heap.releasing_during_backward``), so the process's peak is that of these tensors (GPT-2 small: BENCHMARKS.md,
     "Cost of every criterion"). The result agrees with the unrolled computation to rounding (summation order).
-    Attention runs on its math kernel, and hard-sigmoid / hard-swish are swapped for equal twice-differentiable forms (as for GraSP), since the fused
-    kernels have no double backward. ``first_order=True`` costs ``T`` training steps and the meta passes, with
-    about two parameter-sized vectors in memory.
+    Attention runs on its math kernel, and hard-sigmoid / hard-swish are swapped for equal twice-differentiable
+    forms (as for GraSP), since the fused kernels have no double backward. ``first_order=True`` costs ``T`` training
+    steps and the meta passes, with about two parameter-sized vectors in memory.
 
     Args:
         inner_steps: SGD steps T unrolled before the meta-loss (>= 1; 3, the official code's default).
