@@ -34,7 +34,9 @@ Peak RSS counts what the C allocator keeps, not only live tensors: glibc's mallo
 large block is freed, so later mid-sized tensors (a few MB, most activations and per-layer gradients) come from a
 heap that fragments and does not shrink. The child inherits the environment, so ``MALLOC_TOP_PAD_=0`` (or any
 ``MALLOC_MMAP_THRESHOLD_``), which fixes the threshold at 128 KiB, measures close to the live tensors' peak; the
-``MALLOC_*`` variables of a run are recorded (results.malloc_env).
+``MALLOC_*`` variables of a run are recorded (results.malloc_env). The library itself hands the heap's free pages
+back between passes and while some criteria's backward passes run (``autosparse_hf.heap``); ``--no_heap_release``
+turns that off in every cell, to measure what it saves and costs.
 
     python benchmarks/criterion_cost.py [--models lenet300100 resnet18 resnet50 gpt2-small] [--criteria ...]
                                         [--criterion_options JSON] [--timeout 900] [--max_rss_gb G] [--threads N]
@@ -96,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--criterion_options", type=json.loads, default={},
         help='Options per criterion, as JSON: {"ntksap": {"rounds": 2, "micro_batch_size": 1}}.',
+    )  # fmt: skip
+    parser.add_argument(
+        "--no_heap_release", action="store_true",
+        help="Disable the library's malloc_trim calls (autosparse_hf.heap) in every cell, to measure what they save.",
     )  # fmt: skip
     common.add_threads_argument(parser)
     parser.add_argument("--output", default=common.default_output("criterion_cost"), help="JSON result file.")
@@ -175,9 +181,11 @@ def child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from autosparse_hf import compute_scores, get_criterion, get_prunable_parameters
+    from autosparse_hf import compute_scores, get_criterion, get_prunable_parameters, heap
 
     common.apply_threads(args.threads)
+    if args.no_heap_release:
+        heap._malloc_trim = lambda: None  # as on a C library without malloc_trim: no release, no hooks
     model_name, name = args._child
     model, batch, batch_description = build(args, model_name)
     params = get_prunable_parameters(model)
@@ -228,6 +236,7 @@ def child(args: argparse.Namespace) -> None:
             "peak_extra_bytes": peak.delta_bytes,
             "peak_extra_over_params": peak.delta_bytes / param_bytes,
             "exact_peak": peak.exact,
+            "heap_release": heap._malloc_trim() is not None,
             "ru_maxrss_bytes": ru_maxrss,
             "rss_after_scoring_bytes": peak.end_bytes,
             "options": {
@@ -268,6 +277,7 @@ def run_cell(args: argparse.Namespace, model: str, criterion: str) -> dict[str, 
         str(args.gpt2_batch_size), "--seq_len", str(args.seq_len), "--seed", str(args.seed),
         "--criterion_options", json.dumps(args.criterion_options),
         *(["--threads", str(args.threads)] if args.threads is not None else []),
+        *(["--no_heap_release"] if args.no_heap_release else []),
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     limit = args.max_rss_gb * 1024**3
@@ -385,6 +395,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "torch_threads": threads[0] if len(threads) == 1 else threads,
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "heap_release": not args.no_heap_release,
         "command": command,
         "criterion_options": options,
         "models": models,
@@ -415,6 +426,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         + (f"default options except {json.dumps(args.criterion_options)} " if args.criterion_options else "default options ")
         + "(JSON: results.criterion_options), "
         f"C allocator settings: {results['malloc_env'] or 'glibc defaults'}, "
+        f"the library's heap release (malloc_trim): {'on' if results['heap_release'] else 'off (--no_heap_release)'}, "
         f"one fresh process per cell, torch threads: {results['torch_threads']} (OMP_NUM_THREADS="
         f"{results['omp_num_threads_env']}); time = the call alone (first-use costs of a fresh process included); "
         "peak extra = peak RSS during the call minus the RSS after building the model and batch."

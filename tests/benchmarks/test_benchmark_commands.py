@@ -46,6 +46,7 @@ TINY_FLAGS: dict[str, list[str]] = {
     "synflow_overhead": [
         "--model", "test_resnet", "--num_classes", "10", "--image_size", "32", "--rounds", "3", "--repeats", "1",
     ],
+    "criterion_cost": ["--models", "gpt2-tiny", "--criteria", "snip", "grasp", "--no_heap_release", "--timeout", "250"],
 }  # fmt: skip
 
 
@@ -208,3 +209,14 @@ def test_synflow_overhead(launched: dict) -> None:
     assert 0 < r["global"]["passes_inside_s"] <= r["global"]["wall_s"]
     assert result["target"]["higher_is_better"] is False
     assert "measured/target" in Path(result["config"]["output"]).with_suffix(".md").read_text()
+
+
+def test_criterion_cost(launched: dict) -> None:
+    result, _ = finished(launched, "criterion_cost")
+    r = result["results"]
+    cells = r["cells"]["gpt2-tiny"]
+    assert set(cells) == {"snip", "grasp"} and all(c["status"] == "ok" for c in cells.values()), cells
+    assert positive_finite(*(c["seconds"] for c in cells.values()))
+    # --no_heap_release reaches the cells and the report says so.
+    assert r["heap_release"] is False and not any(c["heap_release"] for c in cells.values())
+    assert "heap release (malloc_trim): off" in Path(result["config"]["output"]).with_suffix(".md").read_text()
