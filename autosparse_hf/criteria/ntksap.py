@@ -191,7 +191,9 @@ class NTKSAPCriterion(Criterion):
         sigma = resample_stds(params, alive) if self.resample_weights else {}
         # The record the float64 scores are built from at the end: a removed weight's saliency then (in the dtype it
         # is computed in, float32 for float32 weights) and its round (0: never removed); 5 bytes a float32 weight
-        # instead of the 8 of float64 scores held through every round.
+        # instead of the 8 of float64 scores held through every round. The saliency record is also each round's
+        # accumulator: the survivors' entries (0 when the round starts) take the round's mask gradients, the removed
+        # ones keep theirs, so no second parameter-sized set of tensors is held for the round's sums.
         removed_saliency = {
             n: torch.zeros(p.param.numel(), dtype=p.param.dtype, device=p.param.device) for n, p in params.items()
         }
@@ -209,26 +211,23 @@ class NTKSAPCriterion(Criterion):
             for m in norms:
                 m.momentum = 1.0
             for k in range(1, self.rounds + 1):
-                saliency, peak = self._saliency(call, params, alive, sigma, template, generator, norms, k)
-                # Selection reads the saliencies as computed (float32 for float32 weights: the same order as their
-                # exact float64 values), the survivors in place (``alive`` marks them); ``encode_scores`` is float64.
-                keeps = self._select_round(params, saliency, alive, budgets, k, target_density, total, context.sparsity)
+                peak = self._saliency(call, params, alive, sigma, template, generator, norms, k, removed_saliency)
+                # Selection reads the survivors' saliencies as computed (float32 for float32 weights: the same order
+                # as their exact float64 values) in place (``alive`` marks them); ``encode_scores`` is float64.
+                keeps = self._select_round(
+                    params, removed_saliency, alive, budgets, k, target_density, total, context.sparsity
+                )
                 peaks.append(peak or 1.0)
                 for n in params:
-                    values = saliency.pop(n).reshape(-1)
                     kept = keeps.pop(n)  # inside alive
-                    removed = alive[n] ^ kept
-                    # The saliency is copied where removed (a boolean scatter is several times slower on the CPU).
-                    torch.where(removed, values, removed_saliency[n], out=removed_saliency[n])
-                    record_step(removed_round[n], removed, k)
+                    # The removed weights' saliencies are where they were summed; the kept ones' are reset when the
+                    # next round starts (after the last round they are the survivors' last saliencies).
+                    record_step(removed_round[n], alive[n] ^ kept, k)
                     alive[n] = kept
-                    if k < self.rounds:
-                        del values
-                    else:
-                        saliency[n] = values  # the survivors' last saliencies
-                    del removed
                 bar.update(1)
-            result = encode_scores(params, removed_saliency, removed_round, saliency, alive, peaks, self.rounds)
+            result = encode_scores(
+                params, removed_saliency, removed_round, dict(removed_saliency), alive, peaks, self.rounds
+            )
         finally:
             bar.close()
             for m, momentum in zip(norms, momenta, strict=True):
@@ -269,9 +268,11 @@ class NTKSAPCriterion(Criterion):
         generator: torch.Generator,
         norms: list[nn.Module],
         k: int,
-    ) -> tuple[dict[str, torch.Tensor], float]:
-        """``|sum over samples of dS/dm|`` for round ``k``, whole tensors (the signed gradients are summed first),
-        0 at the pruned weights, and the largest survivor's (0.0 when there is none).
+        record: dict[str, torch.Tensor],
+    ) -> float:
+        """``|sum over samples of dS/dm|`` for round ``k`` (the signed gradients are summed first), written into the
+        survivors' entries of ``record`` (flat; the others are kept as they are), and the largest survivor's (0.0
+        when there is none).
 
         ``dS/dm`` at a surviving weight (``m = 1``) is ``theta * dS/dA + (theta + dtheta) * dS/dB`` with ``A = theta *
         m`` and ``B = (theta + dtheta) * m`` the two weight sets the passes use, and ``theta = A``, ``theta + dtheta
@@ -280,7 +281,18 @@ class NTKSAPCriterion(Criterion):
         mask's own backward would form, so the saliencies of surviving weights are unchanged (pruned ones read 0).
         """
         device = generator.device
-        total: dict[str, torch.Tensor] = {n: torch.zeros_like(p.param, dtype=p.param.dtype) for n, p in params.items()}
+        # The survivors' entries start the round at 0 (the previous round's kept saliencies are dropped).
+        for n, a in alive.items():
+            torch.where(a, record[n].new_zeros(()), record[n], out=record[n])
+        total = {n: record[n].view(p.param.shape) for n, p in params.items()}
+        survivors = {n: alive[n].view(p.param.shape) for n, p in params.items()}
+
+        def accumulate(name: str, gradient: torch.Tensor) -> None:
+            # Only at the survivors: a pruned weight's product is 0 (its masked weight is) unless its gradient is not
+            # finite, and the recorded saliency there must stay what it was.
+            torch.where(survivors[name], gradient, gradient.new_zeros(()), out=gradient)
+            total[name] += gradient
+
         # Each gradient is folded into the mask's as soon as backward has it (its product with its weight set, then
         # the sum of the two): the perturbed pass's gradients wait for the clean one's, and no full set of gradients
         # is ever held.
@@ -293,7 +305,7 @@ class NTKSAPCriterion(Criterion):
             if other is None:
                 pending[name] = part
             else:
-                total[name] += other.add_(part)
+                accumulate(name, other.add_(part))
 
         for _ in range(self.num_samples):
             inputs = random_inputs(template, self.batch_size, generator)
@@ -346,16 +358,16 @@ class NTKSAPCriterion(Criterion):
                             objective.backward(inputs=leaves)
                     del objective
                     for name, part in pending.items():  # a weight set that one of the passes does not reach
-                        total[name] += part
+                        accumulate(name, part)
                     pending.clear()
             finally:
                 for handle in handles:
                     handle.remove()
             del clean, perturbed, leaves
             release_free_memory()  # the draw's passes, before the next draw's weight sets
-        for g in total.values():
-            g.abs_()
-        return total, survivor_peak(total, alive, k)
+        for g in record.values():
+            g.abs_()  # the recorded saliencies are magnitudes already
+        return survivor_peak(record, alive, k)
 
     def _select_round(
         self,

@@ -16,21 +16,18 @@ from .buffers import chunks
 def survivor_peak(saliency: dict[str, torch.Tensor], alive: dict[str, torch.Tensor], k: int) -> float:
     """The largest saliency of a surviving weight (0.0 when there is none); a non-finite one is an error.
 
-    A pruned weight's saliency is exactly 0 (its masked weights are 0), so the largest of a whole tensor is the
-    largest survivor's, and a finite maximum (NaN propagates) shows every saliency is finite: one reduction per tensor
-    instead of a boolean gather of the survivors and a finiteness pass over them. Should a pruned weight's be
-    non-finite while every survivor's is finite, it is set to 0 (it is never read).
+    ``saliency`` holds non-negative values (flat, or shaped like the weights); only the entries ``alive`` marks are
+    read (the others are the record of earlier rounds). Read chunk by chunk, so the temporaries stay small on large
+    tensors; a NaN survivor propagates through the maximum.
     """
     peak = 0.0
     for n, g in saliency.items():
-        top = float(g.max()) if g.numel() else 0.0
-        if not math.isfinite(top):
-            survivors = g.reshape(-1)[alive[n]]
-            if not bool(torch.isfinite(survivors).all()):
+        values, survivors = g.reshape(-1), alive[n]
+        for part in chunks(values.numel()):
+            top = float(torch.where(survivors[part], values[part], values.new_zeros(())).max())
+            if not math.isfinite(top):
                 raise ValueError(f"ntksap: non-finite saliencies in round {k} for {n!r}")
-            g.reshape(-1).masked_fill_(~alive[n], 0.0)
-            top = float(survivors.max()) if survivors.numel() else 0.0
-        peak = max(peak, top)
+            peak = max(peak, top)
     return peak
 
 

@@ -492,20 +492,47 @@ def test_saliency_from_the_two_weight_sets_is_the_mask_gradient_bit_for_bit():
         assert bool((scores[n][~alive] == -1).all()), n
 
 
-def test_survivor_peak_reads_whole_tensors_and_rejects_only_a_non_finite_survivor():
+def test_survivor_peak_reads_only_the_survivors_and_rejects_a_non_finite_one(monkeypatch):
+    from autosparse_hf.criteria import buffers
     from autosparse_hf.criteria.ntksap_record import survivor_peak
 
     alive = {"a": torch.tensor([True, False, True]), "b": torch.tensor([False, False])}
-    saliency = {"a": torch.tensor([0.5, 0.0, 2.0]), "b": torch.tensor([0.0, 0.0])}
+    # The entries of pruned weights hold earlier rounds' saliencies (the record): never the peak.
+    saliency = {"a": torch.tensor([0.5, 7.0, 2.0]), "b": torch.tensor([9.0, 0.0])}
     assert survivor_peak(saliency, alive, 1) == 2.0
-    # Non-finite at a pruned weight only: zeroed, the peak is the survivors'.
-    saliency = {"a": torch.tensor([0.5, float("nan"), 2.0]), "b": torch.tensor([float("inf"), 0.0])}
+    monkeypatch.setattr(buffers, "FINISH_CHUNK", 2)  # read in chunks that split the tensors: the same peak
     assert survivor_peak(saliency, alive, 1) == 2.0
-    assert saliency["a"][1] == 0.0 and saliency["b"][0] == 0.0
     # Non-finite at a survivor: an error naming the tensor and the round.
+    with pytest.raises(ValueError, match=r"round 3 for 'a'"):
+        survivor_peak({"a": torch.tensor([0.0, 0.0, float("nan")]), "b": torch.zeros(2)}, alive, 3)
     with pytest.raises(ValueError, match=r"round 3 for 'a'"):
         survivor_peak({"a": torch.tensor([float("inf"), 0.0, 1.0]), "b": torch.zeros(2)}, alive, 3)
     assert survivor_peak({"a": torch.zeros(3), "b": torch.zeros(2)}, alive, 1) == 0.0
+
+
+def test_a_non_finite_gradient_at_a_pruned_weight_leaves_the_record_alone(monkeypatch):
+    # The round's sums are written into the saliency record at the survivors only: a pruned weight's product (0 times
+    # its gradient) that is NaN must not reach its recorded saliency.
+    model = TanhNet()
+    generator = torch.Generator().manual_seed(0)
+    existing = {n: torch.rand(p.shape, generator=generator) > 0.3 for n, p in model.named_parameters()
+                if n.endswith("weight")}
+    options = {"rounds": 2, "num_samples": 1, "batch_size": 4, "seed": 3, **FAST}
+    clean = compute_scores(model, "ntksap", existing=existing, sparsity=0.8, **options)
+    original = torch.Tensor.register_post_accumulate_grad_hook
+
+    def poisoned(self, hook):
+        # Before each fold: NaN gradients at the weight set's zeros (the pruned weights), as an overflow would give.
+        def wrapped(leaf):
+            leaf.grad.masked_fill_(leaf.detach() == 0, float("nan"))
+            return hook(leaf)
+
+        return original(self, wrapped)
+
+    monkeypatch.setattr(torch.Tensor, "register_post_accumulate_grad_hook", poisoned)
+    poisoned_scores = compute_scores(model, "ntksap", existing=existing, sparsity=0.8, **options)
+    for n in clean:
+        assert torch.equal(clean[n], poisoned_scores[n]), n
 
 
 def test_the_float64_encoding_in_chunks_is_the_whole_tensor_encoding(monkeypatch):
