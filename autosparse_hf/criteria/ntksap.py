@@ -278,7 +278,8 @@ class NTKSAPCriterion(Criterion):
         m`` and ``B = (theta + dtheta) * m`` the two weight sets the passes use, and ``theta = A``, ``theta + dtheta
         = B`` there: so only ``A`` and ``B`` are kept (built in the storage of the draws), not ``theta``, ``dtheta``
         and a float mask besides, and the gradient is taken with respect to them. The products are the ones the
-        mask's own backward would form, so the saliencies of surviving weights are unchanged (pruned ones read 0).
+        mask's own backward would form, so the saliencies of surviving weights are the mask gradient's, bit for bit
+        (a pruned weight's entry keeps the saliency recorded when it was removed, or 0).
         """
         device = generator.device
         # The survivors' entries start the round at 0 (the previous round's kept saliencies are dropped).
