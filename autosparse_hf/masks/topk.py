@@ -57,6 +57,14 @@ def _second_scores(tie_break: TieBreak, positions: torch.Tensor) -> torch.Tensor
     return tie_break.reshape(-1).index_select(0, positions.to(tie_break.device))
 
 
+def _tie_break_on_cpu(tie_break: TieBreak | None, device: torch.device) -> TieBreak | None:
+    """``tie_break`` for a selection moved to the CPU from ``device``: a tensor copied, a function asked on its own
+    device (the positions it receives go back there, its answer comes to the CPU)."""
+    if tie_break is None or not callable(tie_break):
+        return None if tie_break is None else tie_break.cpu()
+    return lambda positions: tie_break(positions.to(device)).cpu()
+
+
 def _kth_largest_full(values: torch.Tensor, count: int) -> tuple[torch.Tensor, int, int]:
     """``(t, #values > t, #values == t)`` for ``t`` the ``count``-th largest value, from one k-th value search."""
     threshold = values.kthvalue(values.numel() - count + 1).values
@@ -115,7 +123,12 @@ def top_count(values: torch.Tensor, count: int, tie_break: TieBreak | None = Non
         ```
     """
     if values.device.type not in _SELECTION_DEVICE_TYPES:
-        return top_count(values.cpu(), count).to(values.device)
+        return _top_count(values.cpu(), count, _tie_break_on_cpu(tie_break, values.device)).to(values.device)
+    return _top_count(values, count, tie_break)
+
+
+def _top_count(values: torch.Tensor, count: int, tie_break: TieBreak | None) -> torch.Tensor:
+    """:func:`top_count` on the values' own device."""
     n = values.numel()
     if count <= 0:
         return torch.zeros(n, dtype=torch.bool, device=values.device)

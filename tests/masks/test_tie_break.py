@@ -252,6 +252,29 @@ def test_a_tie_break_function_keeps_what_the_tie_break_tensor_keeps(seed):
             assert bool((positions[1:] > positions[:-1]).all())
 
 
+@pytest.mark.parametrize("kind", ["tensor", "function"])
+def test_selection_moved_to_the_cpu_keeps_the_tie_break(monkeypatch, kind):
+    # Scores on a device selection does not run on (e.g. MPS) are selected on the CPU; the tie-break goes with them
+    # (a function is still asked with positions on the scores' device). Simulated by taking the CPU off the list:
+    # the same answer as the direct path, and not the index order.
+    from autosparse_hf.masks import topk
+
+    values = torch.tensor([1.0, 3.0, 3.0, 3.0, 0.0, 3.0])
+    second = torch.tensor([0.0, 1.0, 5.0, 2.0, 9.0, 7.0])
+    expected = topk.top_count(values, 2, tie_break=second)
+    assert expected.nonzero().squeeze(1).tolist() == [2, 5]
+    devices = []
+
+    def at(positions):
+        devices.append(positions.device)
+        return second[positions]
+
+    monkeypatch.setattr(topk, "_SELECTION_DEVICE_TYPES", ("cuda",))
+    got = topk.top_count(values, 2, tie_break=second if kind == "tensor" else at)
+    assert torch.equal(got, expected)
+    assert kind == "tensor" or devices == [values.device]
+
+
 def test_a_tie_break_function_of_the_wrong_length_is_an_error():
     from autosparse_hf.masks.topk import top_count
 
