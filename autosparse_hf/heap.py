@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-# Autograd nodes run between two trims inside a backward pass. A trim walks the heap's free blocks (about a millisecond
-# once they hold hundreds of MB); on GPT-2 small's double backward (about 1,700 nodes) every 16th node kept the peak
-# as low as trimming after every node did, for a fraction of the time (a scratch comparison, no figure claimed).
+# Autograd nodes run between two trims inside a backward pass. A trim walks the heap's free blocks and costs more the
+# more of them there are; on GPT-2 small's double backward every 16th node kept the peak as low as trimming after
+# every node did, for a fraction of the time, and sparser trims let it rise (a scratch sweep, no figure claimed; the
+# benchmark's --no_heap_release measures what the trims save and cost).
 TRIM_EVERY_NODES = 16
 
 
