@@ -60,9 +60,11 @@ def _second_scores(tie_break: TieBreak, positions: torch.Tensor) -> torch.Tensor
 def _tie_break_on_cpu(tie_break: TieBreak | None, device: torch.device) -> TieBreak | None:
     """``tie_break`` for a selection moved to the CPU from ``device``: a tensor copied, a function asked on its own
     device (the positions it receives go back there, its answer comes to the CPU)."""
-    if tie_break is None or not callable(tie_break):
-        return None if tie_break is None else tie_break.cpu()
-    return lambda positions: tie_break(positions.to(device)).cpu()
+    if tie_break is None:
+        return None
+    if callable(tie_break):
+        return lambda positions: tie_break(positions.to(device)).cpu()
+    return tie_break.cpu()
 
 
 def _kth_largest_full(values: torch.Tensor, count: int) -> tuple[torch.Tensor, int, int]:
