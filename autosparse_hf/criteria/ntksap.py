@@ -17,14 +17,15 @@ from torch import nn
 from ..allocation.base import ExplicitCounts
 from ..families import PrunableParameter
 from ..gradients import output_with, take_batches
-from ..heap import release_free_memory, releasing_during_backward
+from ..heap import release_free_memory
 from ..masks import num_to_keep
 from ..masks.topk import top_count_across
 from ..state import batch_norm_layers
 from .base import Criterion, ScoringContext, register_criterion
 from .buffers import record_step, step_dtype
+from .ntksap_passes import DrawSettings, add_draw
 from .ntksap_record import encode_scores, survivor_peak
-from .ntksap_sampling import calibrate_norm, is_integer, micro_batches, random_inputs, resample_stds
+from .ntksap_sampling import is_integer, resample_stds
 from .progress import scoring_progress
 from .schedule import scheduled_count
 
@@ -276,95 +277,24 @@ class NTKSAPCriterion(Criterion):
 
         ``dS/dm`` at a surviving weight (``m = 1``) is ``theta * dS/dA + (theta + dtheta) * dS/dB`` with ``A = theta *
         m`` and ``B = (theta + dtheta) * m`` the two weight sets the passes use, and ``theta = A``, ``theta + dtheta
-        = B`` there: so only ``A`` and ``B`` are kept (built in the storage of the draws), not ``theta``, ``dtheta``
-        and a float mask besides, and the gradient is taken with respect to them. The products are the ones the
-        mask's own backward would form, so the saliencies of surviving weights are the mask gradient's, bit for bit
-        (a pruned weight's entry keeps the saliency recorded when it was removed, or 0).
+        = B`` there: so the gradient is taken with respect to ``A`` and ``B``, one set's backward pass at a time
+        (:mod:`autosparse_hf.criteria.ntksap_passes`), and multiplied by it (the products the mask's own backward
+        would form). A pruned weight's entry keeps the saliency recorded when it was removed, or 0.
         """
-        device = generator.device
         # The survivors' entries start the round at 0 (the previous round's kept saliencies are dropped).
         for n, a in alive.items():
             torch.where(a, record[n].new_zeros(()), record[n], out=record[n])
         total = {n: record[n].view(p.param.shape) for n, p in params.items()}
         survivors = {n: alive[n].view(p.param.shape) for n, p in params.items()}
-
-        def accumulate(name: str, gradient: torch.Tensor) -> None:
-            # Only at the survivors: a pruned weight's product is 0 (its masked weight is) unless its gradient is not
-            # finite, and the recorded saliency there must stay what it was.
-            torch.where(survivors[name], gradient, gradient.new_zeros(()), out=gradient)
-            total[name] += gradient
-
-        # Each gradient is folded into the mask's as soon as backward has it (its product with its weight set, then
-        # the sum of the two): the perturbed pass's gradients wait for the clean one's, and no full set of gradients
-        # is ever held.
-        pending: dict[str, torch.Tensor] = {}
-
-        def fold(name: str, leaf: torch.Tensor) -> None:
-            part = leaf.grad.mul_(leaf.detach())
-            leaf.grad = None
-            other = pending.pop(name, None)
-            if other is None:
-                pending[name] = part
-            else:
-                accumulate(name, other.add_(part))
-
+        settings = DrawSettings(
+            epsilon=float(self.epsilon),
+            batch_size=self.batch_size,
+            micro_batch_size=self.micro_batch_size or self.batch_size,
+            resample_weights=self.resample_weights,
+            round=k,
+        )
         for _ in range(self.num_samples):
-            inputs = random_inputs(template, self.batch_size, generator)
-            if self.resample_weights:
-                theta = {
-                    n: (
-                        torch.randn(p.param.shape, generator=generator, device=device, dtype=p.param.dtype)
-                        .mul_(sigma[n])
-                        .to(p.param.device)
-                    )
-                    for n, p in params.items()
-                }
-            else:
-                theta = {n: p.param.detach() for n, p in params.items()}
-            # B = (theta + dtheta) * m, in the storage of dtheta (drawn after every theta, as before).
-            clean, perturbed = {}, {}
-            for n, p in params.items():
-                delta = (
-                    torch.randn(p.param.shape, generator=generator, device=device, dtype=p.param.dtype)
-                    .mul_(self.epsilon)
-                    .to(p.param.device)
-                )
-                mask = alive[n].view(p.param.shape)
-                perturbed[n] = delta.add_(theta[n]).mul_(mask).requires_grad_(True)
-            for n in params:
-                mask = alive[n].view(params[n].param.shape)
-                a = theta.pop(n)
-                clean[n] = (a.mul_(mask) if self.resample_weights else a * mask).requires_grad_(True)
-            del theta
-            if norms:
-                calibrate_norm(call, norms, {n: a.detach() for n, a in clean.items()}, inputs)
-            leaves = [*clean.values(), *perturbed.values()]
-            handles = [
-                leaf.register_post_accumulate_grad_hook(lambda leaf, name=n: fold(name, leaf))
-                for weights in (clean, perturbed)
-                for n, leaf in weights.items()
-            ]
-            try:
-                for chunk in micro_batches(inputs, self.batch_size, self.micro_batch_size or self.batch_size):
-                    difference = call(chunk, clean) - call(chunk, perturbed)
-                    objective = difference.pow(2).sum()
-                    del difference
-                    if not math.isfinite(float(objective.detach())):
-                        raise ValueError(
-                            f"ntksap: the output difference is not finite in round {k} (the random input or weights "
-                            "overflow the model); try a smaller epsilon, calibrate_norm=True or resample_weights=False"
-                        )
-                    if objective.requires_grad:
-                        with releasing_during_backward(objective):
-                            objective.backward(inputs=leaves)
-                    del objective
-                    for name, part in pending.items():  # a weight set that one of the passes does not reach
-                        accumulate(name, part)
-                    pending.clear()
-            finally:
-                for handle in handles:
-                    handle.remove()
-            del clean, perturbed, leaves
+            add_draw(call, params, survivors, sigma, template, generator, norms, total, settings)
             release_free_memory()  # the draw's passes, before the next draw's weight sets
         for g in record.values():
             g.abs_()  # the recorded saliencies are magnitudes already

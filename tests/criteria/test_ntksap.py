@@ -448,9 +448,11 @@ class TanhNet(nn.Module):
         return {"logits": self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(pixel_values)))))}
 
 
-def mask_gradient_saliency(model, existing, *, samples, batch, epsilon, seed):
+def mask_gradient_saliency(model, existing, *, samples, batch, epsilon, seed, resample=True, halves=True):
     """One round's ``|sum of dS/dm|`` the direct way: a float mask leaf ``m`` multiplies ``theta`` and
-    ``theta + dtheta`` (both kept), the gradient is taken with respect to ``m``; same draws as the criterion."""
+    ``theta + dtheta`` (both kept), the gradient is taken with respect to ``m``; same draws as the criterion.
+    ``halves``: the mask gradient of each weight set's half (the other set's output held constant), added to the sum
+    perturbed half first, as the criterion adds them; else one gradient of the whole objective."""
     from torch.func import functional_call
 
     from autosparse_hf import get_family
@@ -463,33 +465,62 @@ def mask_gradient_saliency(model, existing, *, samples, batch, epsilon, seed):
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     for _ in range(samples):
         inputs = random_inputs(template, batch, generator)
-        theta = {n: torch.randn(p.shape, generator=generator).mul_(sigma[n]) for n, p in params.items()}
+        theta = {
+            n: torch.randn(p.shape, generator=generator).mul_(sigma[n]) if resample else p.detach()
+            for n, p in params.items()
+        }
         delta = {n: torch.randn(p.shape, generator=generator).mul_(epsilon) for n, p in params.items()}
-        masks = {n: existing[n].float().requires_grad_(True) for n in params}
-        clean = functional_call(model, {n: theta[n] * masks[n] for n in params}, (inputs["pixel_values"],))
-        perturbed = functional_call(model, {n: (theta[n] + delta[n]) * masks[n] for n in params},
-                                    (inputs["pixel_values"],))
-        objective = (clean["logits"] - perturbed["logits"]).pow(2).sum()
+
+        def output(weights, masks):
+            return functional_call(model, {n: weights[n] * masks[n] for n in params}, (inputs["pixel_values"],))["logits"]
+
+        def leaves():
+            return {n: existing[n].float().requires_grad_(True) for n in params}
+
+        perturbed_weights = {n: theta[n] + delta[n] for n in params}
+        if halves:
+            masks = leaves()
+            objective = (output(theta, existing).detach() - output(perturbed_weights, masks)).pow(2).sum()
+            for n, g in zip(params, torch.autograd.grad(objective, list(masks.values())), strict=True):
+                total[n] += g
+            masks = leaves()
+            objective = (output(theta, masks) - output(perturbed_weights, existing).detach()).pow(2).sum()
+        else:
+            masks = leaves()
+            objective = (output(theta, masks) - output(perturbed_weights, masks)).pow(2).sum()
         for n, g in zip(params, torch.autograd.grad(objective, list(masks.values())), strict=True):
             total[n] += g
     return {n: g.abs() for n, g in total.items()}
 
 
-def test_saliency_from_the_two_weight_sets_is_the_mask_gradient_bit_for_bit():
-    # The criterion keeps only theta * m and (theta + dtheta) * m and takes the gradient with respect to them; at the
-    # surviving weights that is the mask's own gradient, to the bit (the same two products, summed).
+@pytest.mark.parametrize("resample", [True, False])
+@pytest.mark.parametrize("batch", [4, 64])
+def test_saliency_from_the_weight_sets_is_the_mask_gradient_bit_for_bit(resample, batch, monkeypatch):
+    # The criterion keeps only theta * m and (theta + dtheta) * m and takes the gradient with respect to them, one
+    # set's pass at a time; at the surviving weights that is the mask's own gradient of each half, to the bit (the
+    # same products, summed in the same order), whether the draw holds one weight set (4 examples: the outputs are
+    # smaller than a set, the clean weights are re-drawn after the perturbed pass) or two (64 examples).
+    from autosparse_hf.criteria import ntksap, ntksap_passes
+
     model = TanhNet()
     generator = torch.Generator().manual_seed(0)
     existing = {n: torch.rand(p.shape, generator=generator) > 0.3 for n, p in model.named_parameters()
                 if n.endswith("weight")}
-    options = {"rounds": 1, "num_samples": 3, "batch_size": 4, "epsilon": 0.05, "seed": 11, **FAST}
-    scores = compute_scores(model, "ntksap", existing=existing, **options)
-    expected = mask_gradient_saliency(model, existing, samples=3, batch=4, epsilon=0.05, seed=11)
+    sets = []
+    monkeypatch.setattr(ntksap, "add_draw", lambda *a: sets.append(ntksap_passes.add_draw(*a)) or sets[-1])
+    options = {"rounds": 1, "num_samples": 3, "batch_size": batch, "epsilon": 0.05, "seed": 11, **FAST}
+    scores = compute_scores(model, "ntksap", existing=existing, resample_weights=resample, **options)
+    assert sets == [1 if batch == 4 else 2] * 3
+    expected = mask_gradient_saliency(model, existing, samples=3, batch=batch, epsilon=0.05, seed=11,
+                                      resample=resample)
+    joint = mask_gradient_saliency(model, existing, samples=3, batch=batch, epsilon=0.05, seed=11,
+                                   resample=resample, halves=False)
     peak = max(float(s[existing[n]].max()) for n, s in expected.items())
     for n, s in expected.items():
         alive = existing[n]
         assert torch.equal(scores[n][alive], 1 + s[alive].double() / peak), n  # survivors: rounds + s / max(s)
         assert bool((scores[n][~alive] == -1).all()), n
+        torch.testing.assert_close(s, joint[n], rtol=1e-5, atol=1e-7)  # the whole objective's gradient, rounded
 
 
 def test_survivor_peak_reads_only_the_survivors_and_rejects_a_non_finite_one(monkeypatch):
