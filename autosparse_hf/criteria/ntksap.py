@@ -84,17 +84,24 @@ class NTKSAPCriterion(Criterion):
     ``ScoringContext.budgets``) every tensor follows its own schedule ``round(n * (c / n)^(k / rounds))`` towards its
     count ``c``, as SynFlow does, so a per-tensor top-k of ``c`` reproduces the final round's mask.
 
-    Cost: ``rounds * num_samples`` times two forward passes and one backward pass on ``batch_size`` random examples
-    (plus one no-grad forward pass to calibrate batch norm, when the model has batch norm and ``calibrate_norm``).
+    Cost: ``rounds * num_samples`` draws on ``batch_size`` random examples; per micro-batch the two weight sets'
+    backward passes run one after the other, each against the other set's outputs computed without a graph (so one
+    graph is held at a time): three forward passes and two backward passes when the draw's outputs take no more
+    memory than one set of prunable weights (then only one weight set is held: it is perturbed in place and the clean
+    weights re-drawn), else four forward passes and two backward passes with both sets held
+    (:mod:`autosparse_hf.criteria.ntksap_passes`). Plus one no-grad forward pass to calibrate batch norm, when the
+    model has batch norm and ``calibrate_norm``. Memory beyond the model: the record (5 bytes a float32 weight), the
+    survivor flags (1 byte), one or two weight sets, the draw's outputs (in the one-set form) and one micro-batch's
+    graph.
 
     Why NTK-SAP and not PHEW (Patil & Dovrolis 2021) as the second data-free, iterative criterion: PHEW builds the
     mask from biased random walks over an explicit graph of units (input neurons / channels to output ones, one layer
     to the next, edges weighted by ``|w|``), which a library has to extract from the model: it does not exist as such
     for grouped or depthwise convolutions, residual sums, attention (a product of two activations) or arbitrary
-    modules. NTK-SAP needs no graph: only the model as a differentiable function, evaluated twice per draw (two
-    forward passes) and differentiated once with autograd (one backward pass) with respect to a mask on the
-    prunable weights, whatever modules lie between them. (It is not forward-only: the mask gradient is one backward
-    pass; getting it from forward passes alone would take one per weight.)
+    modules. NTK-SAP needs no graph: only the model as a differentiable function, evaluated at two weight sets per
+    draw and differentiated with autograd (a backward pass per set) with respect to a mask on the prunable weights,
+    whatever modules lie between them. (It is not forward-only: getting the mask gradient from forward passes alone
+    would take one per weight.)
 
     Paper defaults, from the official code (github.com/YiteWang/NTK-SAP: ``--ntksap_epsilon 0.01``, its example
     script ``--prune-epochs 20 --ntksap_R 5``, a pruning set of ten examples per class, e.g. 100 for CIFAR-10, in

@@ -34,6 +34,9 @@ from ..families import PrunableParameter
 from ..heap import releasing_during_backward
 from .ntksap_sampling import calibrate_norm, micro_batches, random_inputs
 
+# One weight set is held when the draw's outputs take at most this many times a weight set's bytes.
+ONE_SET_OUTPUT_RATIO = 1.0
+
 # inputs and weights to the output at those weights (the model's own weights are never written)
 Call = Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]
 
@@ -73,7 +76,7 @@ def add_draw(
     with torch.no_grad():
         first = call(chunks[0], weights)
     weight_bytes = sum(w.numel() * w.element_size() for w in weights.values())
-    one_set = first.numel() * first.element_size() * len(chunks) <= weight_bytes
+    one_set = first.numel() * first.element_size() * len(chunks) <= ONE_SET_OUTPUT_RATIO * weight_bytes
     if one_set:
         with torch.no_grad():
             outputs = [first, *(call(chunk, weights) for chunk in chunks[1:])]
