@@ -471,8 +471,8 @@ def mask_gradient_saliency(model, existing, *, samples, batch, epsilon, seed, re
         }
         delta = {n: torch.randn(p.shape, generator=generator).mul_(epsilon) for n, p in params.items()}
 
-        def output(weights, masks):
-            return functional_call(model, {n: weights[n] * masks[n] for n in params}, (inputs["pixel_values"],))["logits"]
+        def output(weights, masks, pixels=inputs["pixel_values"]):
+            return functional_call(model, {n: weights[n] * masks[n] for n in params}, (pixels,))["logits"]
 
         def leaves():
             return {n: existing[n].float().requires_grad_(True) for n in params}
