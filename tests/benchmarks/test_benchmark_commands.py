@@ -144,6 +144,9 @@ def test_enforcement_overhead(launched: dict) -> None:
     # The pruned blocks really trained pruned: 90% of the prunable weights are exactly zero after training.
     assert r["achieved_zero_fraction"] == pytest.approx(0.9, abs=1e-3)
     assert result["target"]["higher_is_better"] is False
+    # The floor: one bare pass over gradient-sized tensors, both kinds, timed and put against a dense step.
+    assert set(r["pass_floor_ms"]) == set(r["pass_floor_pct_of_dense_step"]) == {"multiply", "write_zeros"}
+    assert positive_finite(*r["pass_floor_ms"].values(), *r["pass_floor_pct_of_dense_step"].values())
 
 
 def test_irp_overhead(launched: dict) -> None:
