@@ -120,7 +120,8 @@ class NTKSAPCriterion(Criterion):
             be scored (GPT-2 small: 128 x 50257 logits per example).
         resample_weights: Fresh random weights in every draw (multi-sampling), else the model's own.
         calibrate_norm: Batch-norm statistics of each draw's random batch, else the stored running statistics.
-        seed: Seed of the generator of all random draws (the scores are deterministic given it).
+        seed: Seed of the generator of all random draws (the scores are deterministic given it, bit for bit with
+            several threads only under MKL's reproducible mode, e.g. ``MKL_CBWR=AUTO``: docs/criteria.md).
         budgets: Kept weights per tensor at the target sparsity, fixed with the criterion (then they are its default
             layer budgets); ``None`` to use the allocation's counts, or one global threshold without them.
         progress: ``True`` shows a ``tqdm`` bar over the rounds, ``False`` never; ``None`` (default) as SynFlow's
