@@ -383,6 +383,30 @@ def test_gpt2_token_model_scores_through_inputs_embeds():
     assert_scores_usable(model, masks, scores)
 
 
+def test_token_model_scores_the_same_holding_one_weight_set_or_two(monkeypatch):
+    # A token model whose outputs outgrow a weight set takes the two-set form (each pass recomputes the other set's
+    # outputs without a graph, attention included); forcing the one-set form (outputs kept, the clean weights re-drawn)
+    # must give the same scores, bit for bit.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from autosparse_hf.criteria import ntksap, ntksap_passes
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config)
+    options = {"rounds": 2, "num_samples": 2, "batch_size": 12, "micro_batch_size": 4, **FAST}
+    sets = []
+    monkeypatch.setattr(ntksap, "add_draw", lambda *a: sets.append(ntksap_passes.add_draw(*a)) or sets[-1])
+    two = compute_scores(model, "ntksap", sparsity=0.9, **options)
+    assert set(sets) == {2}
+    sets.clear()
+    monkeypatch.setattr(ntksap_passes, "ONE_SET_OUTPUT_RATIO", math.inf)
+    one = compute_scores(model, "ntksap", sparsity=0.9, **options)
+    assert set(sets) == {1}
+    for n in two:
+        assert torch.equal(one[n], two[n]), n
+
+
 def test_plain_torch_mlp():
     model = small_mlp()
     options = {"rounds": 5, "num_samples": 2, "batch_size": 8, **FAST}
