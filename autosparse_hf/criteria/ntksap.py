@@ -115,9 +115,10 @@ class NTKSAPCriterion(Criterion):
         batch_size: Random examples per draw.
         micro_batch_size: Examples per forward/backward pass (``None``: the whole draw at once). The objective is a
             sum over examples and batch norm is in eval mode (on calibrated or stored statistics) when it is
-            evaluated, so splitting a draw gives the same gradient (up to the order of float additions) with peak
-            memory of one micro-batch: what lets token models, whose output is ``sequence x vocabulary`` per example,
-            be scored (GPT-2 small: 128 x 50257 logits per example).
+            evaluated, so splitting a draw gives the same gradient (up to the order of float additions) with the
+            graph of one micro-batch at a time: what lets token models, whose output is ``sequence x vocabulary`` per
+            example, be scored (GPT-2 small: 128 x 50257 logits per example). The draw's outputs are kept between the
+            passes only while they take no more memory than one set of prunable weights (else recomputed).
         resample_weights: Fresh random weights in every draw (multi-sampling), else the model's own.
         calibrate_norm: Batch-norm statistics of each draw's random batch, else the stored running statistics.
         seed: Seed of the generator of all random draws (the scores are deterministic given it, bit for bit with
