@@ -6,7 +6,7 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,7 +23,7 @@ from ..masks.topk import top_count_across
 from ..state import batch_norm_layers
 from .base import Criterion, ScoringContext, register_criterion
 from .buffers import record_step, step_dtype
-from .ntksap_passes import DrawSettings, add_draw
+from .ntksap_passes import Call, DrawSettings, add_draw
 from .ntksap_record import encode_scores, survivor_peak
 from .ntksap_sampling import is_integer, resample_stds
 from .progress import scoring_progress
@@ -270,7 +270,7 @@ class NTKSAPCriterion(Criterion):
 
     def _saliency(
         self,
-        call: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
+        call: Call,
         params: dict[str, PrunableParameter],
         alive: dict[str, torch.Tensor],
         sigma: dict[str, float],

@@ -22,7 +22,7 @@ same values; the sums are taken in the same order (all perturbed passes of the d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -58,7 +58,7 @@ def add_draw(
     params: dict[str, PrunableParameter],
     survivors: dict[str, torch.Tensor],
     sigma: dict[str, float],
-    template: dict[str, Any],
+    template: Mapping[str, Any],
     generator: torch.Generator,
     norms: list[nn.Module],
     total: dict[str, torch.Tensor],
