@@ -94,6 +94,14 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def quartiles(values: Sequence[float]) -> list[float]:
+    """First quartile, median and third quartile of ``values`` (one value: itself three times)."""
+    if len(values) < 2:
+        return [float(values[0])] * 3
+    first, _, third = statistics.quantiles(values, n=4)
+    return [float(first), median(values), float(third)]
+
+
 @contextmanager
 def timed(store: dict[str, float], key: str) -> Iterator[None]:
     """Add the wall time of the block to ``store[key]``."""

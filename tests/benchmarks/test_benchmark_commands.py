@@ -31,7 +31,7 @@ TINY_FLAGS: dict[str, list[str]] = {
     ],
     "enforcement_overhead": [
         "--model", "lenet300100", "--task", "digits", "--blocks", "1", "--max_steps", "6", "--warmup_steps", "2",
-        "--batch_size", "32",
+        "--batch_size", "32", "--interleaved_steps", "9",
     ],
     "irp_overhead": [
         "--task", "digits", "--cycles", "2", "--epochs", "1", "--max_train_samples", "128", "--dense_repeats", "1",
@@ -147,6 +147,16 @@ def test_enforcement_overhead(launched: dict) -> None:
     # The floor: one bare pass over gradient-sized tensors, both kinds, timed and put against a dense step.
     assert set(r["pass_floor_ms"]) == set(r["pass_floor_pct_of_dense_step"]) == {"multiply", "write_zeros"}
     assert positive_finite(*r["pass_floor_ms"].values(), *r["pass_floor_pct_of_dense_step"].values())
+    # The interleaved run: steps 1-9 enforced on, off, off, on, on, off, off, on, on; pairs (3, 4), (5, 6), (7, 8)
+    # after 2 warmup steps (step 9 has no partner); the hooks ran on the enforced steps only.
+    steps = r["interleaved"]
+    assert steps["pairs"] == len(steps["pair_slowdowns_pct"]) == 3
+    assert steps["enforced_steps"] == 5
+    assert steps["hooked_parameters"] == 3  # lenet300100's three weight matrices
+    assert steps["gradient_hook_calls"] == steps["enforced_steps"] * steps["hooked_parameters"]
+    assert steps["slowdown_pct_q1"] <= steps["slowdown_pct"] <= steps["slowdown_pct_q3"]
+    assert positive_finite(steps["enforced_step_ms"], steps["plain_step_ms"], steps["enforcement_ms_per_enforced_step"])
+    assert result["target"]["measured"] == steps["slowdown_pct"]
 
 
 def test_irp_overhead(launched: dict) -> None:
