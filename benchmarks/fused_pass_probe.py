@@ -8,7 +8,8 @@ batch's size) against one fused AVX-512 loop written in C (scores, maximum and a
 positions and keys, 16 weights at a time), compiled here with ``cc`` into a temporary folder and called through
 ``ctypes``. Both take the same bracket (the one ``ProductRound.select`` draws for a round removing ``--remove``
 of the survivors); the probe checks that they return the same positions, keys and maxima, bit for bit, before it
-times them (medians of ``--repeats``, interleaved).
+times them (medians of ``--repeats``, interleaved). The numpy pass is also timed as ``ProductRound.select`` runs it
+at ``--pool_threads`` torch threads (one tensor per thread), to show what a second core buys it.
 
 It answers one question for the planners of issue 14 (SynFlow <= 1.5x its passes): how much of a round's overhead a
 kernel of the library's own would remove. It needs a C compiler and an AVX-512 CPU, and says so and stops when either
@@ -89,12 +90,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_size", type=int, default=64, help="Height and width of SynFlow's all-ones input.")
     parser.add_argument("--remove", type=float, default=0.023, help="Share of the survivors the round removes "
                         "(0.023: the first of 100 rounds towards 90% sparsity).")  # fmt: skip
+    parser.add_argument("--pool_threads", type=int, default=2, help="Threads of the pooled numpy pass (ProductRound "
+                        "runs one tensor per thread on torch's thread count).")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=20, help="Interleaved timings of each pass (medians).")
     common.add_threads_argument(parser)
     parser.add_argument("--output", default=common.default_output("fused_pass_probe"), help="JSON result file.")
     args = parser.parse_args(argv)
-    if not 0.0 < args.remove < 1.0 or args.repeats < 1:
-        parser.error("--remove must lie in (0, 1) and --repeats be >= 1")
+    if not 0.0 < args.remove < 1.0 or args.repeats < 1 or args.pool_threads < 1:
+        parser.error("--remove must lie in (0, 1), --repeats and --pool_threads be >= 1")
     return args
 
 
@@ -150,6 +153,7 @@ def synflow_round(model_name: str, image_size: int) -> tuple[list[np.ndarray], l
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     common.apply_threads(args.threads)
+    from autosparse_hf.masks import product_round
     from autosparse_hf.masks.product_round import ProductRound
     from autosparse_hf.masks.removal import Bound, sample_brackets, sampling
 
@@ -177,6 +181,15 @@ def main(argv: list[str] | None = None) -> dict:
         def numpy_pass() -> list[tuple[np.ndarray, np.ndarray, float]]:
             return [scores._pass(i, bounds[i], True) for i in range(len(grads))]
 
+        def numpy_pass_pooled() -> list[tuple[np.ndarray, np.ndarray, float]]:
+            # As ProductRound.select runs it: one tensor per thread, on as many threads as torch computes with.
+            previous = torch.get_num_threads()
+            torch.set_num_threads(args.pool_threads)
+            try:
+                return product_round._map(lambda i: scores._pass(i, bounds[i], True), range(len(grads)))
+            finally:
+                torch.set_num_threads(previous)
+
         def fused_pass() -> list[tuple[np.ndarray, np.ndarray, float]]:
             result = []
             for g, w, b in zip(grads, weights, bounds, strict=True):
@@ -189,18 +202,19 @@ def main(argv: list[str] | None = None) -> dict:
         for (p_np, k_np, m_np), (p_c, k_c, m_c) in zip(reference, fused_pass(), strict=True):
             assert np.array_equal(p_np, p_c) and np.array_equal(k_np, k_c) and m_np == m_c, "the passes differ"
         candidates = sum(p.size for p, _, _ in reference)
-        times: dict[str, list[float]] = {"numpy": [], "fused": []}
+        times: dict[str, list[float]] = {"numpy": [], "numpy_pooled": [], "fused": []}
         for _ in range(args.repeats):
-            for name, fn in (("numpy", numpy_pass), ("fused", fused_pass)):
+            for name, fn in (("numpy", numpy_pass), ("numpy_pooled", numpy_pass_pooled), ("fused", fused_pass)):
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
-    numpy_ms, fused_ms = (statistics.median(times[k]) * 1e3 for k in ("numpy", "fused"))
+    numpy_ms, pooled_ms, fused_ms = (statistics.median(times[k]) * 1e3 for k in ("numpy", "numpy_pooled", "fused"))
     results = {
         "model": args.model,
         "prunable_weights": total,
         "candidates": candidates,
         "numpy_pass_ms": numpy_ms,
+        "numpy_pass_pooled_ms": pooled_ms,
         "fused_pass_ms": fused_ms,
         "ratio_fused_over_numpy": fused_ms / numpy_ms,
         "saved_s_per_100_rounds": (numpy_ms - fused_ms) / 10.0,
@@ -210,7 +224,10 @@ def main(argv: list[str] | None = None) -> dict:
                "environment": common.environment()}  # fmt: skip
     table = common.markdown_table(
         ["pass over every prunable weight (one round)", "median ms"],
-        [["numpy, in cache-sized chunks (the library's ProductRound)", numpy_ms], ["fused AVX-512 kernel (C)", fused_ms]],
+        [["numpy, in cache-sized chunks (the library's ProductRound), one thread", numpy_ms],
+         [f"the same, one tensor per thread on {args.pool_threads} threads (as at {args.pool_threads} torch threads)",
+          pooled_ms],
+         ["fused AVX-512 kernel (C), one thread", fused_ms]],
     )
     print(f"\n## fused_pass_probe\n\n{table}\n\n`{args.model}`: {total:,} prunable weights, {candidates:,} candidates "
           f"under the bracket; identical positions, keys and maxima. Fused / numpy = {fused_ms / numpy_ms:.2f}; "
