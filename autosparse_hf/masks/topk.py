@@ -199,7 +199,40 @@ def top_count_across(
     Transients are one tensor's booleans and the gathered band (a few per cent), not model-sized concatenations:
     what keeps global selection at an IRP cycle boundary near the size of its output masks. Small inputs and a
     bracket that misses (an adversarial order) take the concatenating path, which gives the same answer.
+
+    Values on a device other than the CPU or CUDA (MPS, XLA: no ``kthvalue``, no float64) are selected on the CPU,
+    as :func:`top_count` does, and the masks come back to their device.
     """
+    device = values[0].device if values else torch.device("cpu")
+    if device.type not in _SELECTION_DEVICE_TYPES:
+        return _top_count_across_on_cpu(values, candidates, count, tie_break, device)
+    return _top_count_across(values, candidates, count, tie_break)
+
+
+def _top_count_across_on_cpu(
+    values: Sequence[torch.Tensor],
+    candidates: Sequence[torch.Tensor | None],
+    count: int,
+    tie_break: Sequence[TieBreak] | None,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """:func:`top_count_across` of values on ``device`` computed on the CPU, the masks moved back to ``device``."""
+    keeps = _top_count_across(
+        [v.cpu() for v in values],
+        [c.cpu() if c is not None else None for c in candidates],
+        count,
+        [_tie_break_on_cpu(b, device) for b in tie_break] if tie_break is not None else None,  # type: ignore[misc]
+    )
+    return [keep.to(device) for keep in keeps]
+
+
+def _top_count_across(
+    values: Sequence[torch.Tensor],
+    candidates: Sequence[torch.Tensor | None],
+    count: int,
+    tie_break: Sequence[TieBreak] | None,
+) -> list[torch.Tensor]:
+    """:func:`top_count_across` on the values' own device."""
     sizes = [v.numel() for v in values]
     total = sum(sizes)
     n_candidates = sum(int(torch.count_nonzero(c)) if c is not None else n for c, n in zip(candidates, sizes, strict=True))

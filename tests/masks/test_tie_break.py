@@ -312,3 +312,45 @@ def test_tie_break_functions_across_tensors_keep_what_tie_break_tensors_keep(see
         got = top_count_across(values, candidates, count, tie_break=functions)
         assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)), (sizes, count)
         assert sum(int(k.sum()) for k in got) == count
+
+
+@pytest.mark.parametrize("kind", [None, "tensor", "function"])
+def test_selection_across_tensors_moved_to_the_cpu_gives_the_same_masks(monkeypatch, kind):
+    # FORCE, Iter SNIP and NTK-SAP select across tensors on the model's device; on one selection does not run on
+    # (MPS: no kthvalue, no float64) it must run on the CPU and give the same masks, back on the scores' device, with
+    # a tie-break function still asked on that device. Simulated, as above, by taking the CPU off the list; large
+    # enough for the bracketed path and with ties at the threshold.
+    from autosparse_hf.masks import topk
+
+    g = torch.Generator().manual_seed(3)
+    sizes = [40_000, 9, 60_000]
+    values = [torch.randint(0, 5, (n,), generator=g).float() for n in sizes]
+    candidates = [torch.rand(sizes[0], generator=g) > 0.3, None, torch.rand(sizes[2], generator=g) > 0.5]
+    seconds = [torch.randint(0, 3, (n,), generator=g).float() for n in sizes]
+    devices = []
+
+    def asked(s):
+        def at(positions):
+            devices.append(positions.device)
+            return s.index_select(0, positions)
+
+        return at
+
+    breaks = {None: None, "tensor": seconds, "function": [asked(s) for s in seconds]}[kind]
+    count = 30_001
+    expected = topk.top_count_across(values, candidates, count, tie_break=breaks)
+    monkeypatch.setattr(topk, "_SELECTION_DEVICE_TYPES", ("cuda",))
+    moved = []
+    original = topk._top_count_across_on_cpu
+
+    def spy(*args):
+        moved.append(True)
+        return original(*args)
+
+    monkeypatch.setattr(topk, "_top_count_across_on_cpu", spy)
+    devices.clear()
+    got = topk.top_count_across(values, candidates, count, tie_break=breaks)
+    assert moved == [True]  # the CPU path ran (once)
+    assert all(torch.equal(a, b) and a.device == b.device for a, b in zip(got, expected, strict=True))
+    assert sum(int(k.sum()) for k in got) == count
+    assert kind != "function" or (devices and set(devices) == {values[0].device})
