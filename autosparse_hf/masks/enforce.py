@@ -85,8 +85,8 @@ def keeps_pruned_entries_zero(optimizer: torch.optim.Optimizer, params: list[tor
 
 def _mask_grad_in_place(param: torch.Tensor, mask: torch.Tensor) -> None:
     # Runs inside backward, after autograd accumulated this micro-batch's gradient into param.grad. Under DDP the
-    # C++ reducer reads param.grad in its own hook, which autograd calls after this one, so the all-reduce already
-    # sums masked gradients; with the Python reducer (compiled DDP) its hook was registered first and all-reduces
+    # C++ reducer reads param.grad in its own hook, which autograd calls after this one (whichever was registered
+    # first), so the all-reduce already sums masked gradients (tests/masks/test_enforce_ddp.py, two gloo processes); with the Python reducer (compiled DDP) its hook was registered first and all-reduces
     # before this mask, which is just as correct: every rank holds the same mask (broadcast_masks), and the
     # all-reduced gradient of a pruned weight is masked here, before clipping and the optimizer read it.
     param.grad.mul_(mask)
