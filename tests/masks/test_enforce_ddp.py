@@ -47,7 +47,8 @@ def _rank(rank: int, world: int, port: int, folder: str, enforcer_first: bool) -
         # PaICallback and IRPCallback build their enforcer at on_train_begin, after the Trainer wrapped the model.
         enforcer = MaskEnforcer(model, masks) if enforcer_first else None
         ddp = nn.parallel.DistributedDataParallel(model)
-        enforcer = enforcer or MaskEnforcer(model, masks)
+        if enforcer is None:
+            enforcer = MaskEnforcer(model, masks)
         names = {id(p): n for n, p in model.named_parameters()}
         seen: dict[str, bool] = {}
 
