@@ -3,8 +3,9 @@
 SynFlow's rounds (``autosparse_hf.masks.product_round.ProductRound``) read every gradient and weight once a round and,
 chunk by chunk in cache, compute the scores ``|g| * w``, their maximum, the flags of the survivors under the round's
 bracket and the flags' positions: five numpy passes over each chunk. This probe times that pass on one real SynFlow
-round of a timm model (its gradients from the library's own SynFlow pass: absolute weights, all-ones input of the
-batch's size) against one fused AVX-512 loop written in C (scores, maximum and a compress-store of the flagged
+round of a timm model (its gradients from the library's family adapter's SynFlow pass: absolute weights, all-ones
+input of the batch's size; without ``compute_scores``' revival of zero-initialized normalization scales, so that many
+scores are exactly 0.0 and the bracket's key 0 is exercised) against one fused AVX-512 loop written in C (scores, maximum and a compress-store of the flagged
 positions and keys, 16 weights at a time), compiled here with ``cc`` into a temporary folder and called through
 ``ctypes``. Both take the same bracket (the one ``ProductRound.select`` draws for a round removing ``--remove``
 of the survivors); the probe checks that they return the same positions, keys and maxima, bit for bit, before it
@@ -126,7 +127,8 @@ def compile_kernel(folder: Path) -> ctypes.CDLL | str:
 
 
 def synflow_round(model_name: str, image_size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """One SynFlow round's flat gradients and absolute weights (float32), from the library's own pass."""
+    """One SynFlow round's flat gradients and absolute weights (float32), from the family adapter's pass (timm's
+    zero-initialized batch-norm scales left at zero)."""
     import timm
 
     from autosparse_hf import get_prunable_parameters
