@@ -11,8 +11,7 @@ exact: every rank ends with the average of the ranks' masked gradients, zero at 
 from __future__ import annotations
 
 import json
-import os
-import socket
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -38,9 +37,11 @@ def _batch(rank: int) -> torch.Tensor:
     return torch.randn(8, 12, generator=torch.Generator().manual_seed(100 + rank))  # a different shard per rank
 
 
-def _rank(rank: int, world: int, port: int, folder: str, enforcer_first: bool) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _rank(rank: int, world: int, folder: str, enforcer_first: bool) -> None:
+    # A file store for the rendezvous (no port to collide with the suite's other processes), and a timeout, so that a
+    # failing rank cannot leave the other waiting for gloo's default half hour.
+    store = Path(folder, "store").as_uri()
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world, timeout=timedelta(seconds=120))
     try:
         model = _model()
         masks = _masks(model)
@@ -83,19 +84,14 @@ def _rank(rank: int, world: int, port: int, folder: str, enforcer_first: bool) -
         }
         enforcer.remove()
         Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
+        dist.barrier()  # neither rank tears its connections down while the other still uses them
     finally:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("enforcer_first", [False, True], ids=["enforcer-after-ddp", "enforcer-before-ddp"])
 def test_gradients_reach_ddp_all_reduce_already_masked(tmp_path: Path, enforcer_first: bool) -> None:
-    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path), enforcer_first), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, str(tmp_path), enforcer_first), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for result in results:
         # Both masked weight tensors went through the hook before the reducer bucketed them.
