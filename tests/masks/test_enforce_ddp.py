@@ -20,21 +20,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from autosparse_hf import MaskEnforcer, MaskSet
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
-
-
-def _masks(model: nn.Module) -> MaskSet:
-    g = torch.Generator().manual_seed(1)
-    return MaskSet({n: torch.rand(p.shape, generator=g) > 0.6 for n, p in model.named_parameters() if n.endswith("weight")})
+from autosparse_hf import MaskEnforcer
+from tests.masks.test_enforce import _masks, _model  # the same seeded two-layer model and weight masks
 
 
 def _batch(rank: int) -> torch.Tensor:
-    return torch.randn(8, 12, generator=torch.Generator().manual_seed(100 + rank))  # a different shard per rank
+    return torch.randn(8, 6, generator=torch.Generator().manual_seed(100 + rank))  # a different shard per rank
 
 
 def _rank(rank: int, world: int, folder: str, enforcer_first: bool) -> None:
