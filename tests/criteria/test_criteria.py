@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 import autosparse_hf
 from autosparse_hf import compute_scores, get_criterion, list_criteria, prune_at_init
+from tests.criteria.mixed_state import mixed_state_model
 
 BASELINES = ("grasp", "magnitude", "random", "snip", "synflow")
 
@@ -252,42 +253,6 @@ def test_random_scores_range_and_seeds():
     c = compute_scores(model, "random")
     assert not torch.equal(a["fc1.weight"], b["fc1.weight"])
     assert torch.equal(a["fc1.weight"], c["fc1.weight"]) and torch.equal(a["fc2.weight"], c["fc2.weight"])
-
-
-class ConvBNNet(nn.Module):
-    """Conv + BatchNorm + Dropout + Linear, with a cross-entropy loss; for the side-effect checks."""
-
-    example_input_shape = (1, 6, 6)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, 3)
-        self.bn = nn.BatchNorm2d(3)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(3 * 4 * 4, 4)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, pixel_values, labels=None):
-        h = self.drop(torch.relu(self.bn(self.conv(pixel_values)))).flatten(1)
-        logits = self.head(torch.relu(self.fc(h)))
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return {"loss": loss, "logits": logits}
-
-
-def mixed_state_model() -> ConvBNNet:
-    torch.manual_seed(0)
-    model = ConvBNNet()
-    with torch.no_grad():
-        model.bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
-        model.bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.5]))
-        model.bn.num_batches_tracked.fill_(7)
-    model.train()
-    model.drop.eval()  # mixed modes: the BN trains (running stats would move), the dropout does not
-    model.conv.weight.grad = torch.randn_like(model.conv.weight)
-    model.head.bias.grad = torch.randn_like(model.head.bias)
-    model.fc.weight.requires_grad_(False)  # a frozen prunable weight
-    model.conv.bias.requires_grad_(False)
-    return model
 
 
 def make_loader() -> DataLoader:

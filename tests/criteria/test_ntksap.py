@@ -14,6 +14,7 @@ from torch import nn
 import autosparse_hf.criteria.ntksap  # noqa: F401  (registers "ntksap")
 from autosparse_hf import compute_scores, get_criterion, get_prunable_parameters, prune_at_init, select_masks
 from autosparse_hf.criteria.ntksap import NTKSAPCriterion
+from tests.criteria.mixed_state import mixed_state_model as _mixed_state_model
 
 FAST = {"progress": False}
 
@@ -249,41 +250,9 @@ def test_same_seed_same_scores_other_seed_other_scores():
     assert not all(torch.allclose(a[n], e[n]) for n in a)
 
 
-class ConvBNNet(nn.Module):
-    """Conv + BatchNorm + Dropout + Linear, with a cross-entropy loss."""
-
-    example_input_shape = (1, 6, 6)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, 3)
-        self.bn = nn.BatchNorm2d(3)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(3 * 4 * 4, 4)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, pixel_values, labels=None):
-        h = self.drop(torch.relu(self.bn(self.conv(pixel_values)))).flatten(1)
-        logits = self.head(torch.relu(self.fc(h)))
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return {"loss": loss, "logits": logits}
-
-
-def mixed_state_model() -> ConvBNNet:
-    torch.manual_seed(0)
-    model = ConvBNNet()
-    with torch.no_grad():
-        model.bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
-        model.bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.5]))
-        model.bn.num_batches_tracked.fill_(7)
-    model.bn.momentum = 0.3
-    model.train()
-    model.drop.eval()
-    model.conv.weight.grad = torch.randn_like(model.conv.weight)
-    model.head.bias.grad = torch.randn_like(model.head.bias)
-    model.fc.weight.requires_grad_(False)
-    model.conv.bias.requires_grad_(False)
-    return model
+def mixed_state_model() -> nn.Module:
+    """The shared mixed-state model, its batch norm at momentum 0.3 (NTK-SAP's tests have always used it)."""
+    return _mixed_state_model(bn_momentum=0.3)
 
 
 @pytest.mark.parametrize("calibrate", [True, False])

@@ -19,6 +19,7 @@ import autosparse_hf.criteria.prospr  # noqa: F401  (registers "prospr")
 from autosparse_hf import compute_scores, get_criterion, get_prunable_parameters, prune_at_init
 from autosparse_hf.criteria.prospr import ProsPrCriterion
 from autosparse_hf.masks import num_to_keep
+from tests.criteria.mixed_state import mixed_state_model
 
 
 class TwoLayerLinear(nn.Module):
@@ -269,40 +270,6 @@ def test_deep_residual_network_scores_finite_only_on_batch_statistics():
     assert finite(scores) and all(s.sum() > 0 for s in scores.values())
     with pytest.raises(ValueError, match="NaN"):
         compute_scores(model, "prospr", dataloader=data, first_order=True, batch_statistics=False)
-
-
-class ConvBNNet(nn.Module):
-    """Conv + BatchNorm + Dropout + Linear with a cross-entropy loss; for the side-effect checks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, 3)
-        self.bn = nn.BatchNorm2d(3)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(3 * 4 * 4, 4)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, pixel_values, labels=None):
-        h = self.drop(torch.relu(self.bn(self.conv(pixel_values)))).flatten(1)
-        logits = self.head(torch.relu(self.fc(h)))
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return {"loss": loss, "logits": logits}
-
-
-def mixed_state_model() -> ConvBNNet:
-    torch.manual_seed(0)
-    model = ConvBNNet()
-    with torch.no_grad():
-        model.bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
-        model.bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.5]))
-        model.bn.num_batches_tracked.fill_(7)
-    model.train()
-    model.drop.eval()  # mixed modes
-    model.conv.weight.grad = torch.randn_like(model.conv.weight)
-    model.head.bias.grad = torch.randn_like(model.head.bias)
-    model.fc.weight.requires_grad_(False)  # a frozen prunable weight
-    model.conv.bias.requires_grad_(False)
-    return model
 
 
 def make_loader() -> DataLoader:
