@@ -20,6 +20,7 @@ from torch import nn
 from ..families import ModelFamily, PrunableParameter, get_family, get_prunable_parameters
 from ..gradients import take_batches
 from ..masks import check_scores
+from ..masks.enforce import is_sharded
 from ..state import float32_scoring, preserved_model_state, revived_zero_norm_scales, revived_zero_weights
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,13 @@ def compute_scores(
     if crit.needs_data and dataloader is None:
         raise ValueError(f"criterion {crit.name!r} needs data: pass a dataloader")
     params = params if params is not None else get_prunable_parameters(model, include, exclude)
+    sharded = [n for n, p in params.items() if is_sharded(p.param)]
+    if sharded:
+        raise ValueError(
+            f"cannot score sharded parameters ({', '.join(sharded[:3])}{', ...' if len(sharded) > 3 else ''} are "
+            "DTensors, e.g. from FSDP2's fully_shard): score the full model before sharding it, then keep the masks "
+            "with MaskEnforcer on the sharded model (docs/distributed.md)"
+        )
     context = ScoringContext(
         model=model,
         params=params,

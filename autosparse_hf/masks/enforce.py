@@ -12,11 +12,19 @@ so gradient clipping (and the logged ``grad_norm``) reads the gradients *before*
 Masking in ``on_pre_optimizer_step`` would clip with a norm that counts pruned weights. The masking therefore runs
 in a post-accumulate-grad hook per parameter (``Tensor.register_post_accumulate_grad_hook``): autograd calls it once
 the gradient is accumulated into ``param.grad``, and it multiplies ``param.grad`` by the mask in place.
+
+Sharded parameters (``DTensor``: FSDP2's ``fully_shard``, tensor parallelism) get their masks laid out as they are:
+each rank keeps the shard of the full mask (which every rank holds, see :func:`broadcast_masks`) that matches its
+shard of the parameter, cut locally without communication. FSDP2 runs the sharded parameters' post-accumulate-grad
+hooks after its reduce-scatter, so the hook masks each rank's shard of the averaged gradient, still before clipping
+and the optimizer (``tests/masks/test_enforce_fsdp.py``, two gloo processes). Scoring itself needs the full model:
+prune before sharding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import torch
@@ -29,13 +37,62 @@ from torch import nn
 ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
+@functools.cache
+def _dtensor_api() -> tuple[type, Callable[..., torch.Tensor]] | None:
+    """torch's ``DTensor`` class and ``distribute_tensor``, or ``None`` where this torch has none."""
+    if not dist.is_available():
+        return None
+    try:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+    except ImportError:  # torch < 2.5 keeps them private
+        try:
+            from torch.distributed._tensor import DTensor, distribute_tensor
+        except ImportError:
+            return None
+    return DTensor, distribute_tensor
+
+
+def is_sharded(param: torch.Tensor) -> bool:
+    """Whether ``param`` is a ``DTensor`` (sharded or replicated over a device mesh: FSDP2, tensor parallelism)."""
+    api = _dtensor_api()
+    return api is not None and isinstance(param, api[0])
+
+
+def mask_like(param: torch.Tensor, mask: torch.Tensor, name: str = "") -> torch.Tensor:
+    """``mask`` as ``param`` holds values: in its dtype and on its device, and for a ``DTensor`` parameter (FSDP2,
+    tensor parallelism) a ``DTensor`` on the same mesh with the same placements, each rank's shard cut from the full
+    ``mask`` (every rank must hold the same full mask)."""
+    if tuple(mask.shape) != tuple(param.shape):
+        raise ValueError(
+            f"the mask of {name or 'a parameter'} has shape {tuple(mask.shape)}, the parameter {tuple(param.shape)}"
+        )
+    if not is_sharded(param):
+        return mask.to(device=param.device, dtype=param.dtype)
+    distribute_tensor = _dtensor_api()[1]  # type: ignore[index]
+    local = mask.to(device=param.to_local().device, dtype=param.dtype)
+    try:  # each rank cuts its shard from its own copy, no communication
+        return distribute_tensor(local, param.device_mesh, param.placements, src_data_rank=None)
+    except TypeError:  # a torch without src_data_rank: rank 0's copy is scattered (the same mask)
+        return distribute_tensor(local, param.device_mesh, param.placements)
+
+
+def _foreach_mul_(tensors: list[torch.Tensor], factors: list[torch.Tensor]) -> None:
+    """``torch._foreach_mul_(tensors, factors)``, sharded and plain tensors in separate calls (a ``DTensor`` list
+    cannot take plain tensors)."""
+    sharded = [is_sharded(t) for t in tensors]
+    for kind in (False, True):
+        pairs = [(t, f) for t, f, s in zip(tensors, factors, sharded, strict=True) if s is kind]
+        if pairs:
+            torch._foreach_mul_([t for t, _ in pairs], [f for _, f in pairs])
+
+
 @torch.no_grad()
 def zero_pruned_weights(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Multiply each masked parameter of ``model`` by its mask, in place."""
+    """Multiply each masked parameter of ``model`` by its mask, in place (sharded parameters by their shard)."""
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         param = params[name]
-        param.mul_(mask.to(device=param.device, dtype=param.dtype))
+        param.mul_(mask_like(param, mask, name))
 
 
 def broadcast_masks(masks: Mapping[str, torch.Tensor], src: int = 0) -> dict[str, torch.Tensor]:
@@ -124,8 +181,7 @@ class MaskEnforcer:
         params = dict(model.named_parameters())
         self._params: list[nn.Parameter] = [params[name] for name in masks]
         self._masks: list[torch.Tensor] = [
-            mask.to(device=param.device, dtype=param.dtype)
-            for param, mask in zip(self._params, masks.values(), strict=True)
+            mask_like(param, mask, name) for param, (name, mask) in zip(self._params, masks.items(), strict=True)
         ]
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         if gradient_hooks:
@@ -160,7 +216,7 @@ class MaskEnforcer:
             return
         pairs = [(p.grad, m) for p, m in zip(self._params, self._masks, strict=True) if p.grad is not None]
         if pairs:
-            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+            _foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
     @torch.no_grad()
     def zero_weights(self, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -177,7 +233,7 @@ class MaskEnforcer:
         self._grads_masked = False
         if optimizer is not None and optimizer is self._settled_optimizer and grads_masked:
             return
-        torch._foreach_mul_(self._params, self._masks)
+        _foreach_mul_(self._params, self._masks)
         if optimizer is None or not keeps_pruned_entries_zero(optimizer, self._params):
             self._settled_optimizer = None
             return

@@ -1,9 +1,11 @@
 """Gradient hooks: pruned weights' gradients are zero before anything reads them (clipping, DDP, optimizer)."""
 
+import pytest
 import torch
 from torch import nn
 
 from autosparse_hf import MaskEnforcer, MaskSet
+from autosparse_hf.masks import zero_pruned_weights
 
 
 def _model() -> nn.Module:
@@ -56,3 +58,13 @@ def test_without_hooks_mask_gradients_masks_in_place():
     enforcer.mask_gradients()
     for name, mask in masks.items():
         assert bool((dict(model.named_parameters())[name].grad[~mask] == 0).all())
+
+
+def test_a_mask_of_another_shape_is_refused_not_broadcast():
+    # A (5,)-shaped mask would broadcast over the rows of the (3, 5) weight and prune whole columns without a word.
+    model = _model()
+    column_mask = torch.tensor([True, False, True, False, True])
+    with pytest.raises(ValueError, match=r"2\.weight.*\(5,\).*\(3, 5\)"):
+        MaskEnforcer(model, {"2.weight": column_mask})
+    with pytest.raises(ValueError, match=r"2\.weight.*\(5,\).*\(3, 5\)"):
+        zero_pruned_weights(model, {"2.weight": column_mask})
