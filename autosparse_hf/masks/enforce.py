@@ -15,7 +15,8 @@ the gradient is accumulated into ``param.grad``, and it multiplies ``param.grad`
 
 Sharded parameters (``DTensor``: FSDP2's ``fully_shard``, tensor parallelism) get their masks laid out as they are:
 each rank keeps the shard of the full mask (which every rank holds, see :func:`broadcast_masks`) that matches its
-shard of the parameter, cut locally without communication. FSDP2 runs the sharded parameters' post-accumulate-grad
+shard of the parameter, cut locally (a torch whose ``distribute_tensor`` lacks ``src_data_rank`` scatters rank 0's
+copy instead: the same mask). FSDP2 runs the sharded parameters' post-accumulate-grad
 hooks after its reduce-scatter, so the hook masks each rank's shard of the averaged gradient, still before clipping
 and the optimizer (``tests/masks/test_enforce_fsdp.py``, two gloo processes). Scoring itself needs the full model:
 prune before sharding.

@@ -2,14 +2,16 @@
 
 After ``fully_shard`` every parameter is a ``DTensor`` holding one shard of rows per rank. ``MaskEnforcer`` lays each
 full mask out like its parameter (each rank keeps its shard of the mask), FSDP2 runs the post-accumulate-grad hooks
-on the sharded gradients after its reduce-scatter, and ``zero_weights`` multiplies the sharded weights. Checked here,
-for AdamW and SGD with momentum and weight decay (element-wise: ``zero_weights`` stops multiplying once the optimizer
-state is settled, relying on the hooks) and an SGD subclass (not assumed element-wise: the sharded weights are
-multiplied every step): the gradients of pruned weights are zero before the optimizer reads them, pruned
-weights stay exactly zero, and the sharded run ends where one process ends that trains the unsharded model on both
-ranks' batches (the loss averaged over the ranks, as FSDP's gradient averaging does). Row counts that do not divide
-by the number of ranks give the ranks shards of different sizes. Scoring the sharded model is refused with a message
-that says what to do (score the full model first).
+on the sharded gradients after its reduce-scatter, and ``zero_weights`` multiplies the sharded weights.
+
+Checked for AdamW and SGD with momentum and weight decay (element-wise: ``zero_weights`` stops multiplying once the
+optimizer state is settled, relying on the hooks) and an SGD subclass (not assumed element-wise: the sharded weights
+are multiplied every step): the gradients of pruned weights are zero before the optimizer reads them, pruned weights
+stay exactly zero, and the sharded run ends where one process ends that trains the unsharded model on both ranks'
+batches (the loss averaged over the ranks, as FSDP's gradient averaging does). Row counts that do not divide by the
+number of ranks give the ranks shards of different sizes. A weight sharded by columns (as tensor parallelism shards)
+and a replicated one are masked exactly too (the hooks' timing is FSDP2's, checked for FSDP2 only). Scoring the
+sharded model is refused with a message that says what to do (score the full model first).
 """
 
 from __future__ import annotations
@@ -58,6 +60,26 @@ def _optimizer(name: str, params) -> torch.optim.Optimizer:  # noqa: ANN001
     return {"sgd": torch.optim.SGD, "sgd_subclass": _OwnSGD}[name](params, lr=0.05, momentum=0.9, weight_decay=0.1)
 
 
+def _other_layouts(world: int) -> list[bool]:
+    """``zero_pruned_weights`` on a weight sharded by columns (``Shard(1)``, as tensor parallelism shards), by rows,
+    and replicated: the full weight afterwards is exactly the weight times the mask."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    from autosparse_hf.masks import zero_pruned_weights
+
+    mesh = init_device_mesh("cpu", (world,))
+    g = torch.Generator().manual_seed(7)
+    weight, mask = torch.randn(6, 9, generator=g), torch.rand(6, 9, generator=g) > 0.5
+    layer = nn.Linear(9, 6)
+    exact = []
+    for placements in ([Shard(1)], [Shard(0)], [Replicate()]):
+        layer.weight = nn.Parameter(distribute_tensor(weight.clone(), mesh, placements))
+        zero_pruned_weights(layer, {"weight": mask})
+        exact.append(bool(torch.equal(layer.weight.full_tensor(), weight * mask)))
+    return exact
+
+
 def _rank(rank: int, world: int, folder: str, optimizer_name: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
@@ -76,6 +98,7 @@ def _rank(rank: int, world: int, folder: str, optimizer_name: str) -> None:
                 compute_scores(model, "magnitude", sparsity=0.5)
             except ValueError as error:
                 refused = str(error)
+        layouts = _other_layouts(world) if optimizer_name == "adamw" else []
         enforcer = MaskEnforcer(model, masks)
         optimizer = _optimizer(optimizer_name, model.parameters())
         # The reference: the unsharded model in this process, on every rank's batch of each step.
@@ -102,6 +125,7 @@ def _rank(rank: int, world: int, folder: str, optimizer_name: str) -> None:
         expected = dict(reference.named_parameters())
         result = {
             "scoring_refused": refused,
+            "other_layouts_exact": layouts,
             "sharded": all(type(p).__name__ == "DTensor" for p in model.parameters()),
             "uneven_shards": [tuple(model[0].weight.to_local().shape)[0], tuple(model[2].weight.to_local().shape)[0]],
             "pruned_grads_zero": pruned_grads_zero,
@@ -126,6 +150,7 @@ def test_masks_hold_on_fsdp2_sharded_parameters(tmp_path: Path, optimizer_name: 
     for result in results:
         assert result["sharded"]
         if optimizer_name == "adamw":
+            assert result["other_layouts_exact"] == [True, True, True]
             assert "cannot score sharded parameters (0.weight, 2.weight" in result["scoring_refused"]
             assert "before sharding" in result["scoring_refused"]
         assert len(result["pruned_grads_zero"]) == 2 * STEPS and all(result["pruned_grads_zero"])
