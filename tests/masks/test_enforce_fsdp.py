@@ -80,83 +80,102 @@ def _other_layouts(world: int) -> list[bool]:
     return exact
 
 
-def _rank(rank: int, world: int, folder: str, optimizer_name: str) -> None:
-    from torch.distributed.fsdp import fully_shard
+OPTIMIZERS = ("adamw", "sgd", "sgd_subclass")
 
+
+def _rank(rank: int, world: int, folder: str) -> None:
     store = Path(folder, "store").as_uri()  # a file store: no port to collide with the suite's other processes
     dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world, timeout=timedelta(seconds=120))
     try:
-        model, masks = _model()
-        fully_shard(model[0])
-        fully_shard(model[2])
-        fully_shard(model)
-        refused = ""
-        if optimizer_name == "adamw":  # (once: importing the criteria takes seconds in each fresh process)
-            from autosparse_hf import compute_scores
-
-            try:  # scoring needs the full parameters: refused with what to do, not a DTensor error from deep inside
-                compute_scores(model, "magnitude", sparsity=0.5)
-            except ValueError as error:
-                refused = str(error)
-        layouts = _other_layouts(world) if optimizer_name == "adamw" else []
-        enforcer = MaskEnforcer(model, masks)
-        optimizer = _optimizer(optimizer_name, model.parameters())
-        # The reference: the unsharded model in this process, on every rank's batch of each step.
-        reference, _ = _model()
-        reference_enforcer = MaskEnforcer(reference, masks)
-        reference_optimizer = _optimizer(optimizer_name, reference.parameters())
-        pruned_grads_zero = []
-        for step in range(STEPS):
-            x, y = _batch(step, rank)
-            nn.functional.cross_entropy(model(x), y).backward()
-            for n, p in model.named_parameters():
-                if n in masks:  # what the optimizer is about to read (the full gradient, gathered to check it)
-                    pruned_grads_zero.append(bool((p.grad.full_tensor()[~masks[n]] == 0).all()))
-            optimizer.step()
-            enforcer.zero_weights(optimizer)
-            optimizer.zero_grad()
-
-            losses = [nn.functional.cross_entropy(reference(b[0]), b[1]) for b in (_batch(step, r) for r in range(world))]
-            (sum(losses) / world).backward()
-            reference_optimizer.step()
-            reference_enforcer.zero_weights(reference_optimizer)
-            reference_optimizer.zero_grad()
-        full = {n: p.full_tensor() for n, p in model.named_parameters()}
-        expected = dict(reference.named_parameters())
-        result = {
-            "scoring_refused": refused,
-            "other_layouts_exact": layouts,
-            "sharded": all(type(p).__name__ == "DTensor" for p in model.parameters()),
-            "uneven_shards": [tuple(model[0].weight.to_local().shape)[0], tuple(model[2].weight.to_local().shape)[0]],
-            "pruned_grads_zero": pruned_grads_zero,
-            "pruned_weights_zero": {n: bool((full[n][~m] == 0).all()) for n, m in masks.items()},
-            "kept_weights_moved": {n: bool((full[n][m] != _model()[0].state_dict()[n][m]).any()) for n, m in masks.items()},
-            "skips_zero_weights": enforcer.skips_zero_weights,
-            "equals_unsharded": {
-                n: bool(torch.allclose(full[n], expected[n].detach(), rtol=1e-5, atol=1e-6)) for n in full
-            },
-        }
-        Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
+        results = {name: _train(rank, world, name) for name in OPTIMIZERS}
+        results["other_layouts_exact"] = _other_layouts(world)
+        results["scoring_refused"] = _scoring_refusal()
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(results))
         dist.barrier()  # neither rank tears its connections down while the other still uses them
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("optimizer_name", ["adamw", "sgd", "sgd_subclass"])
-def test_masks_hold_on_fsdp2_sharded_parameters(tmp_path: Path, optimizer_name: str) -> None:
-    mp.spawn(_rank, args=(2, str(tmp_path), optimizer_name), nprocs=2, join=True)
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+def _scoring_refusal() -> str:
+    """What scoring a sharded model says: it needs the full parameters (not a DTensor error from deep inside)."""
+    from torch.distributed.fsdp import fully_shard
+
+    from autosparse_hf import compute_scores
+
+    model, _ = _model()
+    fully_shard(model)
+    try:
+        compute_scores(model, "magnitude", sparsity=0.5)
+    except ValueError as error:
+        return str(error)
+    return ""
+
+
+def _train(rank: int, world: int, optimizer_name: str) -> dict:
+    """Train the sharded model and the unsharded reference side by side; what the test asserts."""
+    from torch.distributed.fsdp import fully_shard
+
+    model, masks = _model()
+    fully_shard(model[0])
+    fully_shard(model[2])
+    fully_shard(model)
+    enforcer = MaskEnforcer(model, masks)
+    optimizer = _optimizer(optimizer_name, model.parameters())
+    # The reference: the unsharded model in this process, on every rank's batch of each step.
+    reference, _ = _model()
+    reference_enforcer = MaskEnforcer(reference, masks)
+    reference_optimizer = _optimizer(optimizer_name, reference.parameters())
+    pruned_grads_zero = []
+    for step in range(STEPS):
+        x, y = _batch(step, rank)
+        nn.functional.cross_entropy(model(x), y).backward()
+        for n, p in model.named_parameters():
+            if n in masks:  # what the optimizer is about to read (the full gradient, gathered to check it)
+                pruned_grads_zero.append(bool((p.grad.full_tensor()[~masks[n]] == 0).all()))
+        optimizer.step()
+        enforcer.zero_weights(optimizer)
+        optimizer.zero_grad()
+
+        losses = [nn.functional.cross_entropy(reference(b[0]), b[1]) for b in (_batch(step, r) for r in range(world))]
+        (sum(losses) / world).backward()
+        reference_optimizer.step()
+        reference_enforcer.zero_weights(reference_optimizer)
+        reference_optimizer.zero_grad()
+    full = {n: p.full_tensor() for n, p in model.named_parameters()}
+    expected = dict(reference.named_parameters())
+    return {
+        "sharded": all(type(p).__name__ == "DTensor" for p in model.parameters()),
+        "uneven_shards": [tuple(model[0].weight.to_local().shape)[0], tuple(model[2].weight.to_local().shape)[0]],
+        "pruned_grads_zero": pruned_grads_zero,
+        "pruned_weights_zero": {n: bool((full[n][~m] == 0).all()) for n, m in masks.items()},
+        "kept_weights_moved": {n: bool((full[n][m] != _model()[0].state_dict()[n][m]).any()) for n, m in masks.items()},
+        "skips_zero_weights": enforcer.skips_zero_weights,
+        "equals_unsharded": {
+            n: bool(torch.allclose(full[n], expected[n].detach(), rtol=1e-5, atol=1e-6)) for n in full
+        },
+    }
+
+
+def test_masks_hold_on_fsdp2_sharded_parameters(tmp_path: Path) -> None:
+    mp.spawn(_rank, args=(2, str(tmp_path)), nprocs=2, join=True)  # one pair of processes for every optimizer
+    by_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for optimizer_name in OPTIMIZERS:
+        _check(optimizer_name, [by_rank[r][optimizer_name] for r in (0, 1)])
+    for result in by_rank:
+        assert result["other_layouts_exact"] == [True, True, True]
+        assert "cannot score sharded parameters (0.weight, 2.weight" in result["scoring_refused"]
+        assert "before sharding" in result["scoring_refused"]
+
+
+def _check(optimizer_name: str, results: list[dict]) -> None:
+    """The two ranks' results of one optimizer's run."""
     assert results[0]["uneven_shards"] != results[1]["uneven_shards"]  # 33 and 5 rows: 17 + 16, 3 + 2
     for result in results:
-        assert result["sharded"]
-        if optimizer_name == "adamw":
-            assert result["other_layouts_exact"] == [True, True, True]
-            assert "cannot score sharded parameters (0.weight, 2.weight" in result["scoring_refused"]
-            assert "before sharding" in result["scoring_refused"]
-        assert len(result["pruned_grads_zero"]) == 2 * STEPS and all(result["pruned_grads_zero"])
-        assert all(result["pruned_weights_zero"].values())
-        assert all(result["kept_weights_moved"].values())
-        assert all(result["equals_unsharded"].values()), result["equals_unsharded"]
+        assert result["sharded"], optimizer_name
+        assert len(result["pruned_grads_zero"]) == 2 * STEPS and all(result["pruned_grads_zero"]), optimizer_name
+        assert all(result["pruned_weights_zero"].values()), optimizer_name
+        assert all(result["kept_weights_moved"].values()), optimizer_name
+        assert all(result["equals_unsharded"].values()), (optimizer_name, result["equals_unsharded"])
     # AdamW and SGD are element-wise: once their state is settled the weight multiply is skipped and the hooks alone
     # hold the zeros; the subclass has its sharded weights multiplied every step.
-    assert all(r["skips_zero_weights"] == (optimizer_name != "sgd_subclass") for r in results)
+    assert all(r["skips_zero_weights"] == (optimizer_name != "sgd_subclass") for r in results), optimizer_name
