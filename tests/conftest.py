@@ -24,11 +24,13 @@ def single_thread():  # noqa: ANN201
     torch.set_num_threads(threads)
 
 
-# Files whose work runs in other processes (benchmark commands, notebook kernels, the fault-injection plan, the IRP
-# recipe's accelerate launches): started right after collection, so that it runs on the second core while the
-# in-process tests (one thread) run on the first; their tests run last and only wait for what is, by then, mostly
-# done. Each file still starts its own work when run alone.
-EARLY_MODULES = ("test_benchmark_commands", "test_notebooks", "test_fault_injection", "test_irp_recipe")
+# Files whose work runs in other processes (benchmark commands, the fused-pass probe, notebook kernels, the
+# fault-injection plan, the IRP recipe's accelerate launches): started right after collection, so that it runs on the
+# second core while the in-process tests (one thread) run on the first; their tests run last and only wait for what
+# is, by then, mostly done. Each file still starts its own work when run alone.
+EARLY_MODULES = (
+    "test_benchmark_commands", "test_fused_pass_probe", "test_notebooks", "test_fault_injection", "test_irp_recipe",
+)
 
 
 def _early(item: pytest.Item) -> bool:
