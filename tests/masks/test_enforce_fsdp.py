@@ -142,13 +142,14 @@ def _train(rank: int, world: int, optimizer_name: str) -> dict:
         reference_enforcer.zero_weights(reference_optimizer)
         reference_optimizer.zero_grad()
     full = {n: p.full_tensor() for n, p in model.named_parameters()}
+    initial = _model()[0].state_dict()  # the weights before training (the same seeded build)
     expected = dict(reference.named_parameters())
     return {
         "sharded": all(type(p).__name__ == "DTensor" for p in model.parameters()),
         "uneven_shards": [tuple(model[0].weight.to_local().shape)[0], tuple(model[2].weight.to_local().shape)[0]],
         "pruned_grads_zero": pruned_grads_zero,
         "pruned_weights_zero": {n: bool((full[n][~m] == 0).all()) for n, m in masks.items()},
-        "kept_weights_moved": {n: bool((full[n][m] != _model()[0].state_dict()[n][m]).any()) for n, m in masks.items()},
+        "kept_weights_moved": {n: bool((full[n][m] != initial[n][m]).any()) for n, m in masks.items()},
         "skips_zero_weights": enforcer.skips_zero_weights,
         "equals_unsharded": {
             n: bool(torch.allclose(full[n], expected[n].detach(), rtol=1e-5, atol=1e-6)) for n in full
